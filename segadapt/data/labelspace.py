@@ -1,0 +1,78 @@
+"""Label spaces: class names, palettes and raw-id -> trainId tables.
+
+A label space is plain data so that checkpoints can record it and compatibility checks can
+compare it. ``IGNORE`` (255) marks pixels that are neither trained on nor scored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+IGNORE = 255
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    name: str
+    classes: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]  # RGB per trainId
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "classes": list(self.classes), "palette": [list(c) for c in self.palette]}
+
+    @staticmethod
+    def from_dict(d: dict) -> "LabelSpace":
+        return LabelSpace(d["name"], tuple(d["classes"]), tuple(tuple(c) for c in d["palette"]))
+
+    def colorize(self, label: np.ndarray) -> np.ndarray:
+        """trainId map (H, W) -> RGB uint8 (H, W, 3); ignore is black."""
+        lut = np.zeros((256, 3), np.uint8)
+        lut[: self.num_classes] = np.asarray(self.palette, np.uint8)
+        return lut[label]
+
+
+CITYSCAPES19 = LabelSpace(
+    "cityscapes19",
+    (
+        "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+        "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
+        "motorcycle", "bicycle",
+    ),
+    (
+        (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+        (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+        (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
+        (0, 80, 100), (0, 0, 230), (119, 11, 32),
+    ),
+)
+
+# Cityscapes labelIds (also GTA5's palette indices) -> trainIds; every other id is ignored.
+CITYSCAPES_LABELID_TO_TRAINID = {
+    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
+    24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+}
+
+
+def labelid_lut(mapping: dict[int, int], size: int = 256) -> np.ndarray:
+    """A lookup table that maps every raw id to its trainId (IGNORE when unmapped)."""
+    lut = np.full(size, IGNORE, np.uint8)
+    for raw, train in mapping.items():
+        lut[raw] = train
+    return lut
+
+
+LABEL_SPACES = {CITYSCAPES19.name: CITYSCAPES19}
+
+
+def get_label_space(name: str) -> LabelSpace:
+    from segadapt.errors import UsageError
+
+    if name not in LABEL_SPACES:
+        raise UsageError(f"unknown label space '{name}' (known: {', '.join(sorted(LABEL_SPACES))})")
+    return LABEL_SPACES[name]
