@@ -1,0 +1,99 @@
+"""Segmentation models. Every model maps images to logits *and* the feature map before the classifier:
+
+    out = model(x)            # x: [B, 3, H, W], normalised RGB
+    out["logits"]             # [B, num_classes, ceil(H/8), ceil(W/8)]  (caller upsamples)
+    out["feat"]               # [B, feat_dim,    ceil(H/8), ceil(W/8)]
+    model.classify(feat)      # logits from a (possibly mixed) feature map, same path as forward
+    model.param_groups()      # {"backbone": [...], "head": [...]}  (head gets 10x lr)
+    model.spec                # resolved spec incl. defaults and num_classes, for checkpoints
+
+Architectures live in a small registry (``ARCHS``) so DeepLab-v3+ or SegFormer can be added as
+one module each providing ``KEYS``, ``resolve_spec(spec)`` and ``build(spec, num_classes)``.
+"""
+
+from __future__ import annotations
+
+import json
+from types import ModuleType
+
+from torch import nn
+
+from segadapt.errors import UsageError
+from segadapt.models import deeplabv2
+
+ARCHS: dict[str, ModuleType] = {"deeplabv2": deeplabv2}
+
+# Keys that change the weights' layout; the rest (pretrained, freeze_bn, dropout) only change
+# how a model is initialised or trained, so checkpoints stay interchangeable across them.
+_TRAINING_ONLY_KEYS = ("pretrained", "freeze_bn", "dropout")
+
+
+def resolve_spec(spec: dict | None, num_classes: int | None = None) -> dict:
+    """Validate ``spec`` and return it with every default filled in (plus ``num_classes`` when known).
+
+    Unknown keys and bad values raise UsageError naming the key.
+    """
+    spec = dict(spec or {})
+    arch = spec.get("arch", "deeplabv2")
+    if arch not in ARCHS:
+        raise UsageError(f"unknown model arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    module = ARCHS[arch]
+    for key in spec:
+        if key not in module.KEYS and key != "num_classes":
+            raise UsageError(f"unknown model spec key {key!r} for arch {arch!r}; "
+                             f"known keys: {', '.join(module.KEYS)}")
+    spec_classes = spec.pop("num_classes", None)
+    if num_classes is None:
+        num_classes = spec_classes
+    elif spec_classes is not None and spec_classes != num_classes:
+        raise UsageError(f"model spec says num_classes={spec_classes} but the label space has {num_classes}")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}")
+    out = module.resolve_spec(spec)
+    if num_classes is not None:
+        out["num_classes"] = num_classes
+    return out
+
+
+def build_model(spec: dict | None, num_classes: int) -> nn.Module:
+    """Build a segmentation model.
+
+    Spec keys (all optional):
+
+    - ``arch``: ``deeplabv2`` (default; the only one so far).
+    - ``backbone``: ``resnet18 | resnet50 | resnet101`` (default; torchvision ResNets dilated to
+      output stride 8) or ``tiny`` (a ResNet-like net of ~0.4M params, ~0.7M with its head, that
+      trains on a CPU).
+    - ``feat_dim``: channels of the feature map ``feat`` (default 256; 64 for ``tiny``).
+    - ``aspp_rates``: dilation rates of the summed ASPP branches (default [6, 12, 18, 24];
+      [1, 2, 3, 4] for ``tiny``, whose maps are small).
+    - ``dropout``: channel-dropout probability before the classifier (default 0.1).
+    - ``pretrained``: null (random init, default), a torchvision weights name of the chosen
+      ResNet (``IMAGENET1K_V1``, ``DEFAULT``...; downloaded unless in the torch hub cache), or a
+      path to a ``.pth``/``.pt`` file with a torchvision-style ResNet state_dict (optionally under
+      ``state_dict``/``model``, ``module.``/``backbone.`` prefixes stripped, ``fc.*`` ignored).
+      Not allowed for ``tiny``.
+    - ``freeze_bn``: keep backbone BatchNorm in eval mode with frozen affine params (default
+      false; the papers' setting for batches of 1-2 crops). Needs a pretrained-capable backbone.
+    - ``width``: base channel width of ``tiny`` (default 16; stages are w, 2w, 4w, 8w).
+    - ``num_classes``: accepted so ``build_model(model.spec, n)`` round-trips; must equal ``num_classes``.
+    """
+    resolved = resolve_spec(spec, num_classes)
+    model = ARCHS[resolved["arch"]].build(resolved, num_classes)
+    model.spec = resolved
+    return model
+
+
+def model_signature(spec: dict) -> str:
+    """A stable string describing the weights' layout (arch, backbone, sizes, num_classes if given).
+
+    Two specs with equal signatures give models whose state_dicts are interchangeable;
+    ``pretrained``, ``freeze_bn`` and ``dropout`` are left out because they do not change them.
+    """
+    resolved = resolve_spec(spec)
+    kept = {k: v for k, v in resolved.items() if k not in _TRAINING_ONLY_KEYS}
+    return json.dumps(kept, sort_keys=True, separators=(",", ":"))
+
+
+__all__ = ["ARCHS", "build_model", "model_signature", "resolve_spec"]

@@ -1,0 +1,38 @@
+"""The model the engine and methods use: takes RGB in [0, 1] and normalises it inside, so every caller
+(training augmentation, FDA, mixing, inference) works on real colours and none can forget the
+normalisation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from segadapt.models import build_model
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Segmenter(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def spec(self) -> dict:
+        return self.net.spec
+
+    def forward(self, x: torch.Tensor) -> dict:
+        return self.net((x - self.mean) / self.std)
+
+    def classify(self, feat: torch.Tensor) -> torch.Tensor:
+        return self.net.classify(feat)
+
+    def param_groups(self) -> dict:
+        return self.net.param_groups()
+
+
+def build_segmenter(spec: dict, num_classes: int) -> Segmenter:
+    return Segmenter(build_model(spec, num_classes))
