@@ -1,0 +1,115 @@
+"""Training and inference datasets over prepared folders and pseudo-label folders.
+
+Images are returned as float RGB in [0, 1] (C, H, W); normalisation happens inside the model so
+that photometric augmentation always acts on real colours (a defect of DiGA's published code was to
+jitter mean-subtracted BGR tensors). Labels are int64 trainIds with 255 = ignore.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from segadapt.data.io import read_image, read_label
+from segadapt.data.labelspace import IGNORE
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+
+
+class TrainCrops(Dataset):
+    """Random-scale, random-crop, random-flip crops of (image, label) pairs.
+
+    ``items``: list of (id, image_path, label_path or None). Indexed by (index, seed) pairs from
+    :class:`segadapt.data.sampling.IterationBatchSampler`, so augmentation is reproducible.
+    Images without labels get an all-ignore label (target images used without labels)."""
+
+    def __init__(self, items, crop: tuple[int, int], scale: tuple[float, float] = (1.0, 1.0), flip: bool = True,
+                 base_size: tuple[int, int] | None = None):
+        self.items = list(items)
+        self.crop = (int(crop[0]), int(crop[1]))  # (H, W)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.flip = flip
+        self.base_size = base_size  # (W, H) every image is first resized to, e.g. GTA5 -> 1280x720
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _load(self, idx: int):
+        _id, img_path, lab_path = self.items[idx]
+        image = read_image(img_path)
+        if lab_path is not None:
+            label = read_label(lab_path)
+            if label.shape[:2] != image.shape[:2]:
+                label = cv2.resize(label, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+        else:
+            label = np.full(image.shape[:2], IGNORE, np.uint8)
+        if self.base_size is not None and (image.shape[1], image.shape[0]) != tuple(self.base_size):
+            image = cv2.resize(image, tuple(self.base_size), interpolation=cv2.INTER_AREA)
+            label = cv2.resize(label, tuple(self.base_size), interpolation=cv2.INTER_NEAREST)
+        return image, label
+
+    def __getitem__(self, key):
+        idx, seed = key
+        rng = np.random.default_rng(seed)
+        image, label = self._load(idx)
+        s = rng.uniform(*self.scale)
+        if abs(s - 1.0) > 1e-6:
+            h, w = label.shape
+            size = (max(1, round(w * s)), max(1, round(h * s)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+            label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
+        image, label = random_crop(image, label, self.crop, rng)
+        if self.flip and rng.random() < 0.5:
+            image, label = image[:, ::-1], label[:, ::-1]
+        return {"image": to_tensor(image), "label": torch.from_numpy(np.ascontiguousarray(label)).long(),
+                "index": idx}
+
+
+def random_crop(image: np.ndarray, label: np.ndarray, crop: tuple[int, int], rng: np.random.Generator):
+    ch, cw = crop
+    h, w = label.shape
+    if h < ch or w < cw:  # pad: image with 0, label with ignore, so padding never trains
+        ph, pw = max(0, ch - h), max(0, cw - w)
+        image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
+        label = np.pad(label, ((0, ph), (0, pw)), constant_values=IGNORE)
+        h, w = label.shape
+    y = int(rng.integers(0, h - ch + 1))
+    x = int(rng.integers(0, w - cw + 1))
+    return image[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw]
+
+
+class InferenceImages(Dataset):
+    """Whole images (and labels when present) for inference, evaluation and pseudo-labelling."""
+
+    def __init__(self, items, base_size: tuple[int, int] | None = None):
+        self.items = list(items)
+        self.base_size = base_size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, idx: int):
+        _id, img_path, lab_path = self.items[idx]
+        image = read_image(img_path)
+        out = {"id": _id, "index": idx, "size": torch.tensor(image.shape[:2])}
+        if self.base_size is not None and (image.shape[1], image.shape[0]) != tuple(self.base_size):
+            image = cv2.resize(image, tuple(self.base_size), interpolation=cv2.INTER_AREA)
+        out["image"] = to_tensor(image)
+        if lab_path is not None:
+            out["label"] = torch.from_numpy(read_label(lab_path).astype(np.int64))
+        return out
+
+
+def pseudo_label_items(items, pl_root: Path):
+    """Replace the label of each target item by its pseudo-label file."""
+    out = []
+    for _id, img_path, _lab in items:
+        p = Path(pl_root) / "labels" / f"{_id}.png"
+        out.append((_id, img_path, p))
+    return out

@@ -1,0 +1,137 @@
+"""Inference: whole-image or sliding-window, horizontal flip, multi-scale with max or mean fusion.
+
+One function serves evaluation and pseudo-labelling, so both use the same protocol."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from segadapt.data.labelspace import LabelSpace
+from segadapt.engine.checkpoint import load_checkpoint
+from segadapt.engine.device import autocast
+from segadapt.errors import DataError, UsageError
+from segadapt.models.segmenter import Segmenter, build_segmenter
+
+
+@dataclass
+class Protocol:
+    scales: list = field(default_factory=lambda: [1.0])
+    flip: bool = False
+    fusion: str = "max"  # how scales combine: max (DiGA's pseudo-labels) or mean
+    mode: str = "whole"  # whole | slide
+    crop: list | None = None  # [H, W] sliding window
+    stride: list | None = None  # [H, W]
+
+    def validate(self) -> "Protocol":
+        if not self.scales or any(float(s) <= 0 for s in self.scales):
+            raise UsageError(f"scales must be positive numbers, got {self.scales}")
+        if self.fusion not in ("max", "mean"):
+            raise UsageError(f"fusion must be max or mean, got '{self.fusion}'")
+        if self.mode not in ("whole", "slide"):
+            raise UsageError(f"inference mode must be whole or slide, got '{self.mode}'")
+        if self.mode == "slide" and (not self.crop or not self.stride):
+            raise UsageError("sliding-window inference needs crop and stride (H,W)")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _forward_logits(model, x: torch.Tensor, out_hw, want_feat: bool):
+    out = model(x)
+    logits = F.interpolate(out["logits"].float(), size=out_hw, mode="bilinear", align_corners=False)
+    return logits, (out["feat"].float() if want_feat else None)
+
+
+def _slide(model, x: torch.Tensor, crop, stride, num_classes: int):
+    b, _, h, w = x.shape
+    ch, cw = min(crop[0], h), min(crop[1], w)
+    sh, sw = stride
+    acc = x.new_zeros((b, num_classes, h, w), dtype=torch.float32)
+    cnt = x.new_zeros((1, 1, h, w), dtype=torch.float32)
+    ys = list(range(0, max(h - ch, 0) + 1, sh))
+    xs = list(range(0, max(w - cw, 0) + 1, sw))
+    if ys[-1] + ch < h:
+        ys.append(h - ch)
+    if xs[-1] + cw < w:
+        xs.append(w - cw)
+    for y0 in ys:
+        for x0 in xs:
+            logits, _ = _forward_logits(model, x[:, :, y0:y0 + ch, x0:x0 + cw], (ch, cw), False)
+            acc[:, :, y0:y0 + ch, x0:x0 + cw] += logits
+            cnt[:, :, y0:y0 + ch, x0:x0 + cw] += 1
+    return acc / cnt
+
+
+@torch.no_grad()
+def infer(model: Segmenter, image: torch.Tensor, protocol: Protocol, num_classes: int, want_feat: bool = False,
+          amp=None, channels_last: bool = False):
+    """image (B, 3, H, W) in [0, 1] -> (logits (B, C, H, W) fused over scales/flip, feat or None).
+
+    The feature map (for prototypes) is taken at the first scale without flip."""
+    h, w = image.shape[-2:]
+    fused, feat = None, None
+    for i, s in enumerate(protocol.scales):
+        s = float(s)
+        x = image if s == 1.0 else F.interpolate(image, scale_factor=s, mode="bilinear", align_corners=False)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        views = [x, x.flip(-1)] if protocol.flip else [x]
+        scale_logits = 0
+        with autocast(image.device, amp):
+            for v, view in enumerate(views):
+                if protocol.mode == "slide":
+                    lg = _slide(model, view, protocol.crop, protocol.stride, num_classes)
+                    lg = F.interpolate(lg, size=(h, w), mode="bilinear", align_corners=False) if s != 1.0 else lg
+                    f = None
+                else:
+                    lg, f = _forward_logits(model, view, (h, w), want_feat and i == 0 and v == 0)
+                if v == 1:
+                    lg = lg.flip(-1)
+                scale_logits = scale_logits + lg
+                if f is not None:
+                    feat = f
+        scale_logits = scale_logits / len(views)
+        if fused is None:
+            fused = scale_logits
+        elif protocol.fusion == "max":
+            fused = torch.maximum(fused, scale_logits)
+        else:
+            fused = fused + scale_logits
+    if protocol.fusion == "mean":
+        fused = fused / len(protocol.scales)
+    if want_feat and feat is None:  # sliding mode: one whole-image pass for the features
+        with autocast(image.device, amp):
+            feat = model(image)["feat"].float()
+    return fused, feat
+
+
+def load_model(ckpt_path, weights: str = "auto", device=torch.device("cpu")):
+    """Build the model recorded in a checkpoint and load its student or EMA-teacher weights.
+
+    ``weights``: 'student', 'teacher', or 'auto' (teacher when the checkpoint has one).
+    Returns (model in eval mode, label space, checkpoint dict without the heavy optimiser state)."""
+    ckpt = load_checkpoint(ckpt_path)
+    for key in ("model", "model_spec", "label_space"):
+        if key not in ckpt:
+            raise DataError(f"checkpoint {ckpt_path} lacks '{key}'")
+    if weights == "auto":
+        weights = "teacher" if ckpt.get("teacher") is not None else "student"
+    if weights not in ("student", "teacher"):
+        raise UsageError(f"--weights must be student, teacher or auto, got '{weights}'")
+    state = ckpt["model"] if weights == "student" else ckpt.get("teacher")
+    if state is None:
+        raise DataError(f"checkpoint {ckpt_path} has no {weights} weights")
+    label_space = LabelSpace.from_dict(ckpt["label_space"])
+    model = build_segmenter(ckpt["model_spec"], label_space.num_classes)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise DataError(f"checkpoint {ckpt_path} does not match its recorded model spec: {str(e).splitlines()[0]}") from None
+    model.to(device).eval()
+    ckpt.pop("optimizer", None)
+    ckpt["weights_used"] = weights
+    return model, label_space, ckpt

@@ -1,0 +1,229 @@
+"""The training loop shared by every method and stage: deterministic batches, optimiser and poly
+schedule, EMA via the method's hooks, JSONL metrics, periodic atomic checkpoints, exact resume.
+
+The engine never knows which method runs: it asks the method for its modules, parameter groups,
+the kind of target batches it needs, and the loss of one iteration."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segadapt.config import dump_config, provenance
+from segadapt.console import log, progress
+from segadapt.data.datasets import TrainCrops
+from segadapt.data.io import write_text
+from segadapt.data.sampling import make_stream, sample_seed
+from segadapt.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from segadapt.engine.device import amp_dtype, autocast, use_channels_last
+from segadapt.engine.optim import build_optimizer, set_lr
+from segadapt.errors import DataError, UsageError
+
+RUN_FILES = ("last.pt", "metrics.jsonl", "config.yaml")
+
+
+def prepare_run_dir(out: Path, resume: bool, force: bool) -> bool:
+    """Returns True when a checkpoint to resume from exists. Refuses to overwrite an earlier run."""
+    out = Path(out)
+    has_ckpt = (out / "last.pt").is_file()
+    has_run = any((out / f).exists() for f in RUN_FILES)
+    if resume and force:
+        raise UsageError("--resume and --force contradict each other")
+    if has_run and not (resume or force):
+        raise DataError(f"{out} already holds a run; pass --resume to continue it or --force to start over")
+    if force and has_run:
+        for f in RUN_FILES:
+            (out / f).unlink(missing_ok=True)
+        has_ckpt = False
+    out.mkdir(parents=True, exist_ok=True)
+    return has_ckpt and resume
+
+
+def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def _to_device(batch: dict, device, channels_last: bool) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device, non_blocking=True)
+            if channels_last and v.dim() == 4:
+                v = v.contiguous(memory_format=torch.channels_last)
+        out[k] = v
+    return out
+
+
+class Trainer:
+    """Runs ``method`` for ``cfg['optim']['iters']`` iterations, writing into ``out``."""
+
+    def __init__(self, *, cfg: dict, method, label_space, source_items, target_items, out: Path, device,
+                 resume_ckpt: dict | None, extra_ckpt: dict | None = None):
+        self.cfg, self.method, self.label_space = cfg, method, label_space
+        self.out, self.device = Path(out), device
+        self.seed = int(cfg["seed"])
+        self.iters = int(cfg["optim"]["iters"])
+        tcfg = cfg["train"]
+        self.amp = amp_dtype(tcfg.get("amp", "auto"), device)
+        self.channels_last = use_channels_last(tcfg.get("channels_last", "auto"), device)
+        self.extra_ckpt = extra_ckpt or {}
+        for m in method.modules().values():
+            m.to(device)
+            if self.channels_last:
+                m.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(method.param_groups(), cfg["optim"])
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
+        self.start = 0
+        if resume_ckpt is not None:
+            self._restore(resume_ckpt)
+        d = cfg["data"]
+        crop, scale, flip = d["crop"], d.get("scale", [1.0, 1.0]), d.get("flip", True)
+        self.source_ds = TrainCrops(source_items, crop, scale, flip)
+        self.target_ds = TrainCrops(target_items, crop, scale, flip) if target_items is not None else None
+        self.workers = int(d.get("workers", 0))
+
+    # -- checkpointing -------------------------------------------------------------------------
+    def _restore(self, ckpt: dict) -> None:
+        for name, module in self.method.modules().items():
+            state = {"student": ckpt["model"], "teacher": ckpt.get("teacher")}.get(name, ckpt.get("modules", {}).get(name))
+            if state is None:
+                raise DataError(f"checkpoint lacks the '{name}' weights this method needs")
+            module.load_state_dict(state)
+        self.method.load_extra_state(ckpt.get("method_state", {}))
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt.get("rng", {}))
+        self.start = int(ckpt["iteration"])
+
+    def checkpoint_payload(self, iteration: int) -> dict:
+        modules = self.method.modules()
+        return {
+            "stage": self.method.stage,
+            "method": self.method.name,
+            "iteration": iteration,  # the next iteration to run
+            "model": modules["student"].state_dict(),
+            "teacher": modules["teacher"].state_dict() if "teacher" in modules else None,
+            "modules": {k: m.state_dict() for k, m in modules.items() if k not in ("student", "teacher")},
+            "method_state": self.method.extra_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "rng": rng_state(),
+            "label_space": self.label_space.to_dict(),
+            "model_spec": modules["student"].spec,
+            "config": self.cfg,
+            "provenance": provenance(),
+            **self.extra_ckpt,
+        }
+
+    def save(self, iteration: int) -> None:
+        save_checkpoint(self.out / "last.pt", self.checkpoint_payload(iteration))
+        keep = int(self.cfg["train"].get("keep_every", 0))
+        if keep and iteration % keep == 0 and iteration < self.iters:
+            shutil.copyfile(self.out / "last.pt", self.out / f"iter_{iteration:07d}.pt")
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def _streams(self):
+        bs = int(self.cfg["data"]["batch_size"])
+        streams = {"source": make_stream(self.source_ds, bs, self.seed, 0, self.start, self.iters, self.workers)}
+        if self.method.target_batches is not None:
+            if self.target_ds is None:
+                raise UsageError(f"method '{self.method.name}' needs target images (--target)")
+            streams["target"] = make_stream(self.target_ds, bs, self.seed, 1, self.start, self.iters, self.workers)
+        return streams
+
+    def _metrics_log(self):
+        path = self.out / "metrics.jsonl"
+        if self.start > 0 and path.exists():  # drop records past the checkpoint so the log matches the resumed run
+            keep = []
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if rec.get("iter", 0) < self.start:
+                    keep.append(line)
+            write_text(path, "".join(f"{line}\n" for line in keep))
+        elif self.start == 0:
+            path.unlink(missing_ok=True)
+        return open(path, "a", buffering=1)
+
+    def fit(self) -> dict:
+        write_text(self.out / "config.yaml",
+                   "# resolved configuration of this run\n" + dump_config({**self.cfg, "provenance": provenance()}))
+        if self.start >= self.iters:
+            log(f"run in {self.out} already finished ({self.iters} iterations)")
+            return {"iterations": self.iters}
+        tcfg = self.cfg["train"]
+        log_every, ckpt_every = int(tcfg.get("log_every", 10)), int(tcfg.get("ckpt_every", 500))
+        streams = self._streams()
+        self.method.train()
+        metrics = self._metrics_log()
+        it = self.start
+        last = {}
+        t0 = time.time()
+        try:
+            with progress(self.iters - self.start, f"{self.method.stage} {self.method.name}") as advance:
+                for it in range(self.start, self.iters):
+                    # every iteration's randomness (mixing, augmentation choices) derives from (seed, it)
+                    torch.manual_seed(sample_seed(self.seed, 99, it))
+                    batch = {k: _to_device(next(s), self.device, self.channels_last) for k, s in streams.items()}
+                    lr = set_lr(self.optimizer, it, self.iters, self.cfg["optim"])
+                    with autocast(self.device, self.amp):
+                        loss, logs = self.method.training_step(batch, it)
+                    if not torch.isfinite(loss):
+                        raise DataError(f"loss became {loss.item()} at iteration {it}; last good checkpoint: "
+                                        f"{self.out / 'last.pt'}")
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scaler.scale(loss).backward()
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    self.method.after_step(it)
+                    logs = {"loss": loss.item(), **logs}
+                    last = logs
+                    if it % log_every == 0 or it == self.iters - 1:
+                        rec = {"iter": it, "lr": lr, **logs, "time": round(time.time() - t0, 3)}
+                        metrics.write(json.dumps(rec) + "\n")
+                    advance(1, info=f"loss {logs['loss']:.4f}")
+                    if (it + 1) % ckpt_every == 0 and it + 1 < self.iters:
+                        self.save(it + 1)
+        except KeyboardInterrupt:
+            # an interrupted step never reached the optimiser; keep all finished ones
+            self.save(it)
+            metrics.close()
+            raise DataError(f"interrupted at iteration {it}; state saved, continue with --resume") from None
+        metrics.close()
+        self.save(self.iters)
+        log(f"finished {self.iters} iterations in {time.time() - t0:.1f}s; checkpoint {self.out / 'last.pt'}")
+        return {"iterations": self.iters, **last}
+
+
+def check_resume_config(ckpt: dict, cfg: dict, out: Path) -> None:
+    old = dict(ckpt.get("config", {}))
+    diff = [k for k in _config_diff(old, cfg) if not k.startswith("provenance")]
+    if diff:
+        raise UsageError(f"{out} was started with a different configuration (differs in: {', '.join(diff[:6])}); "
+                         "resume with the same options, or use --force to start over")
+
+
+def load_resume(out: Path) -> dict:
+    return load_checkpoint(Path(out) / "last.pt")
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))

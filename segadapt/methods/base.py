@@ -1,0 +1,65 @@
+"""What every method provides to the engine. The engine runs the loop (data, optimiser, schedule,
+checkpoints, logs); a method only says how one iteration's loss is computed from a batch."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segadapt.data.labelspace import IGNORE
+
+
+class Method:
+    #: registry name and stage ("warmup" or "self-train")
+    name = "base"
+    stage = "warmup"
+    #: which batches the engine must provide: source images+labels are always given;
+    #: "target" = target images (labels all-ignore), "pseudo" = target images with pseudo-labels
+    target_batches: str | None = None
+
+    def __init__(self, cfg: dict, student: nn.Module, num_classes: int):
+        self.cfg = cfg  # this method's own config section
+        self.student = student
+        self.num_classes = num_classes
+
+    # -- what the engine checkpoints and optimises --------------------------------------------
+    def modules(self) -> dict[str, nn.Module]:
+        """Named modules whose state is checkpointed ("student" is required; "teacher" is optional)."""
+        return {"student": self.student}
+
+    def param_groups(self) -> dict:
+        return self.student.param_groups()
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def train(self) -> None:
+        for m in self.modules().values():
+            if m is self.student:
+                m.train()
+
+    # -- one iteration --------------------------------------------------------------------------
+    def training_step(self, batch: dict, iteration: int) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def after_step(self, iteration: int) -> None:
+        """Called after the optimiser step (EMA updates and the like)."""
+
+
+def seg_ce(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy at label resolution, averaged over labelled pixels only (DiGA's code divided
+    by all pixels, ignored ones included, which silently shrinks the loss); 0 when none is labelled."""
+    logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
+    if not (label != IGNORE).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), label, ignore_index=IGNORE)
+
+
+def soft_ce(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """H(teacher -> student) = -sum_c softmax(t)_c * log_softmax(s)_c, mean over pixels."""
+    p = teacher_logits.detach().float().softmax(1)
+    return -(p * student_logits.float().log_softmax(1)).sum(1).mean()

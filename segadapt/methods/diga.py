@@ -1,0 +1,218 @@
+"""DiGA: Distil to Generalise, then Adapt (Shen et al., CVPR 2023).
+
+Warm-up (source labels only):
+    x_aug = b * aug(x) + (1 - b) * x                                   photometric view
+    x_cd  = M * x_aug + (1 - M) * translate(x)                         CDMix, M = half the classes + ignore
+    L_SKD = H(T(x) -> S(x_cd)) + w * H(T(x_cd) -> S(x))                symmetric knowledge distillation
+    L_warm = CE(S(x), y) [+ CE(S(x_cd), y)] + lambda * L_SKD
+Self-training (offline pseudo-labels y_t, class prototypes P):
+    y_t' = y_t where y_t == argmin_c ||f_T(x_t) - P_c|| else ignore    dynamic pseudo-label selection
+    x_mix, y_mix = ClassMix(source -> aug(target))
+    L = CE(S(x_s), y_s) + CE(S(x_mix), y_mix) + lambda_st * L_SKD
+    P_c <- (1 - m) P_c + m * mean(f_T | label == teacher argmax == c)  on source and target
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from segadapt.data.labelspace import IGNORE
+from segadapt.data.mixing import class_mix_mask, fda, mix, photometric
+from segadapt.engine.ema import ema_alpha, ema_update, make_teacher
+from segadapt.errors import UsageError
+from segadapt.methods.base import Method, seg_ce, soft_ce
+
+
+# -- the paper's pieces as plain functions (tested one by one) ----------------------------------
+
+def skd_loss(t_clean, s_clean, t_mixed, s_mixed, reverse_weight: float) -> torch.Tensor:
+    """L_SKD = H(T(x) -> S(x_cd)) + w * H(T(x_cd) -> S(x))."""
+    return soft_ce(t_clean, s_mixed) + reverse_weight * soft_ce(t_mixed, s_clean)
+
+
+def translate(x: torch.Tensor, target_images: torch.Tensor, cfg: dict, generator=None) -> torch.Tensor:
+    """Restyle source images toward the target domain. 'fda' swaps the low-frequency amplitude with a
+    random target image of the batch (training-free stand-in for DiGA's translation GAN)."""
+    kind = cfg.get("translator", "fda")
+    if kind == "fda":
+        pick = torch.randint(0, target_images.shape[0], (x.shape[0],), generator=generator)
+        return fda(x, target_images[pick.to(target_images.device)], float(cfg.get("fda_beta", 0.01)))
+    if kind == "none":
+        return x
+    raise UsageError(f"unknown translator '{kind}' (fda, none)")
+
+
+def cdmix(x, x_aug, label, x_translated, generator=None):
+    """Cross-domain mixture: augmented source on half of the classes (and the ignore region), the
+    target-styled source elsewhere. The label stays the source label."""
+    mask = class_mix_mask(label, generator, include_ignore=True).to(x.dtype)
+    return mix(mask, x_aug, x_translated), mask
+
+
+def downsample_label(label: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(label[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+
+def nearest_prototype(feat: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """feat (B, D, h, w), prototypes (C, D) -> class of the nearest prototype (Euclidean), (B, h, w)."""
+    b, d, h, w = feat.shape
+    f = feat.permute(0, 2, 3, 1).reshape(-1, d).float()
+    dist = torch.cdist(f, prototypes.float().to(f.device))
+    return dist.argmin(1).view(b, h, w)
+
+
+def dps_select(pseudo_label: torch.Tensor, feat: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """Dynamic pseudo-label selection: keep a pixel's offline pseudo-label only where it equals the class
+    of the prototype nearest to the teacher's current feature; ignore it elsewhere. Threshold-free."""
+    nearest = nearest_prototype(feat, prototypes)
+    nearest = F.interpolate(nearest[:, None].float(), size=pseudo_label.shape[-2:], mode="nearest")[:, 0].long()
+    return torch.where(pseudo_label == nearest, pseudo_label, torch.full_like(pseudo_label, IGNORE))
+
+
+def class_feature_means(feat: torch.Tensor, label: torch.Tensor, num_classes: int):
+    """Per-class mean feature over pixels with label c (label at feature resolution, IGNORE skipped).
+    Returns (sums / counts as (C, D), counts (C,))."""
+    d = feat.shape[1]
+    f = feat.permute(0, 2, 3, 1).reshape(-1, d).float()
+    lab = label.reshape(-1)
+    valid = lab != IGNORE
+    f, lab = f[valid], lab[valid]
+    sums = torch.zeros(num_classes, d, device=feat.device).index_add_(0, lab, f)
+    counts = torch.bincount(lab, minlength=num_classes).to(feat.device)
+    means = sums / counts.clamp(min=1)[:, None]
+    return means, counts
+
+
+def update_prototypes(prototypes: torch.Tensor, feat: torch.Tensor, label: torch.Tensor, teacher_pred: torch.Tensor,
+                      momentum: float) -> torch.Tensor:
+    """EMA of per-class teacher features over pixels whose label agrees with the teacher's argmax."""
+    agree = torch.where(label == teacher_pred, label, torch.full_like(label, IGNORE))
+    means, counts = class_feature_means(feat, agree, prototypes.shape[0])
+    present = counts > 0
+    out = prototypes.clone()
+    out[present] = (1 - momentum) * prototypes[present] + momentum * means[present].to(prototypes.dtype)
+    return out
+
+
+# -- the two stages ------------------------------------------------------------------------------
+
+class _WithTeacher(Method):
+    def __init__(self, cfg, student, num_classes):
+        super().__init__(cfg, student, num_classes)
+        self.teacher = make_teacher(student)
+        self.generator = None  # the engine reseeds torch's global RNG every iteration
+
+    def modules(self):
+        return {"student": self.student, "teacher": self.teacher}
+
+    def after_step(self, iteration):
+        ema_update(self.teacher, self.student, ema_alpha(iteration, float(self.cfg.get("ema_alpha", 0.999))))
+
+    def _views(self, x, y, target_images):
+        """x_aug and x_cd of a source batch (x_cd = x_aug when CDMix is switched off)."""
+        x_aug = photometric(x, self.generator, blend=float(self.cfg.get("photometric_blend", 0.4)))
+        if self.cfg.get("cdmix", True) and target_images is not None:
+            x_cd, _ = cdmix(x, x_aug, y, translate(x, target_images, self.cfg, self.generator), self.generator)
+        else:
+            x_cd = x_aug
+        return x_aug, x_cd
+
+
+class DigaWarmup(_WithTeacher):
+    name = "diga"
+    stage = "warmup"
+
+    @property
+    def target_batches(self):
+        return "target" if self.cfg.get("cdmix", True) and self.cfg.get("translator", "fda") != "none" else None
+
+    def training_step(self, batch, iteration):
+        x, y = batch["source"]["image"], batch["source"]["label"]
+        target = batch.get("target", {}).get("image")
+        _x_aug, x_cd = self._views(x, y, target)
+        n = x.shape[0]
+        s = self.student(torch.cat([x, x_cd]))["logits"]
+        s_x, s_cd = s[:n], s[n:]
+        loss_ce = seg_ce(s_x, y)
+        logs = {"loss_ce": loss_ce.item()}
+        loss = loss_ce
+        if self.cfg.get("ce_on_mixed", True):
+            loss_cd = seg_ce(s_cd, y)
+            loss = loss + loss_cd
+            logs["loss_ce_mixed"] = loss_cd.item()
+        lam = float(self.cfg.get("skd_weight", 0.5))
+        if lam > 0:
+            with torch.no_grad():
+                t = self.teacher(torch.cat([x, x_cd]))["logits"]
+            loss_skd = skd_loss(t[:n], s_x, t[n:], s_cd, float(self.cfg.get("skd_reverse_weight", 0.5)))
+            loss = loss + lam * loss_skd
+            logs["loss_skd"] = loss_skd.item()
+        return loss, logs
+
+
+class DigaSelfTrain(_WithTeacher):
+    name = "diga"
+    stage = "self-train"
+    target_batches = "pseudo"
+
+    def __init__(self, cfg, student, num_classes, prototypes: torch.Tensor | None = None):
+        super().__init__(cfg, student, num_classes)
+        if self.cfg.get("selection", "dps") == "dps" and prototypes is None:
+            raise UsageError("DiGA self-training with dynamic pseudo-label selection needs the pseudo-label "
+                             "folder's prototypes.pt")
+        self.prototypes = prototypes.clone().float() if prototypes is not None else None
+
+    def extra_state(self):
+        return {"prototypes": self.prototypes}
+
+    def load_extra_state(self, state):
+        if state.get("prototypes") is not None:
+            self.prototypes = state["prototypes"].float()
+
+    def training_step(self, batch, iteration):
+        xs, ys = batch["source"]["image"], batch["source"]["label"]
+        xt, yt = batch["target"]["image"], batch["target"]["label"]
+        n = xs.shape[0]
+        _x_aug, x_cd = self._views(xs, ys, xt)
+        with torch.no_grad():
+            t = self.teacher(torch.cat([xs, x_cd, xt]))
+            t_logits, t_feat = t["logits"], t["feat"]
+        t_s, t_cd, t_t = t_logits[:n], t_logits[n:2 * n], t_logits[2 * n:]
+        feat_s, feat_t = t_feat[:n], t_feat[2 * n:]
+
+        selection = self.cfg.get("selection", "dps")
+        if selection == "dps":
+            yt_sel = dps_select(yt, feat_t, self.prototypes.to(feat_t.device))
+        elif selection == "none":
+            yt_sel = yt
+        else:
+            raise UsageError(f"unknown pseudo-label selection '{selection}' (dps, none)")
+
+        # ClassMix: half of the source classes pasted onto a photometrically augmented target crop
+        mask = class_mix_mask(ys, self.generator).to(xs.dtype)
+        xt_aug = photometric(xt, self.generator, blend=float(self.cfg.get("photometric_blend", 0.4)))
+        x_mix = mix(mask, xs, xt_aug)
+        y_mix = mix(mask, ys, yt_sel)
+
+        s = self.student(torch.cat([xs, x_cd, x_mix]))["logits"]
+        s_s, s_cd, s_mix = s[:n], s[n:2 * n], s[2 * n:]
+        loss_src = seg_ce(s_s, ys)
+        loss_mix = seg_ce(s_mix, y_mix)
+        loss = loss_src + loss_mix
+        logs = {"loss_src": loss_src.item(), "loss_mix": loss_mix.item()}
+        lam = float(self.cfg.get("skd_weight", 0.25))
+        if lam > 0:
+            loss_skd = skd_loss(t_s, s_s, t_cd, s_cd, float(self.cfg.get("skd_reverse_weight", 0.5)))
+            loss = loss + lam * loss_skd
+            logs["loss_skd"] = loss_skd.item()
+        valid = (yt != IGNORE).sum().clamp(min=1)
+        logs["kept"] = ((yt_sel != IGNORE).sum() / valid).item()  # fraction of pseudo-labels DPS keeps
+
+        if self.prototypes is not None:  # prototypes follow the teacher (source and kept target labels)
+            m = float(self.cfg.get("proto_momentum", 1e-4))
+            size = feat_t.shape[-2:]
+            self.prototypes = update_prototypes(self.prototypes.to(feat_t.device), feat_t, downsample_label(yt_sel, size),
+                                                t_t.argmax(1), m)
+            self.prototypes = update_prototypes(self.prototypes, feat_s, downsample_label(ys, size), t_s.argmax(1), m)
+        return loss, logs
