@@ -109,24 +109,25 @@ def infer(model: Segmenter, image: torch.Tensor, protocol: Protocol, num_classes
     return fused, feat
 
 
-def load_model(ckpt_path, weights: str = "auto", device=torch.device("cpu")):
+def load_model(ckpt_path, weights: str = "student", device=torch.device("cpu")):
     """Build the model recorded in a checkpoint and load its student or EMA-teacher weights.
 
-    ``weights``: 'student', 'teacher', or 'auto' (teacher when the checkpoint has one).
+    ``weights``: 'student' (the default, as DAFormer-style evaluations do) or 'teacher' (the EMA model).
+    On short schedules trained from scratch the EMA teacher averages weights whose BatchNorm statistics
+    no longer fit the average, so it can score below the student; the choice is recorded in every result.
     Returns (model in eval mode, label space, checkpoint dict without the heavy optimiser state)."""
     ckpt = load_checkpoint(ckpt_path)
     for key in ("model", "model_spec", "label_space"):
         if key not in ckpt:
             raise DataError(f"checkpoint {ckpt_path} lacks '{key}'")
-    if weights == "auto":
-        weights = "teacher" if ckpt.get("teacher") is not None else "student"
     if weights not in ("student", "teacher"):
-        raise UsageError(f"--weights must be student, teacher or auto, got '{weights}'")
+        raise UsageError(f"--weights must be student or teacher, got '{weights}'")
     state = ckpt["model"] if weights == "student" else ckpt.get("teacher")
     if state is None:
         raise DataError(f"checkpoint {ckpt_path} has no {weights} weights")
     label_space = LabelSpace.from_dict(ckpt["label_space"])
-    model = build_segmenter(ckpt["model_spec"], label_space.num_classes)
+    # the checkpoint holds every weight: never fetch the ImageNet initialisation again
+    model = build_segmenter({**ckpt["model_spec"], "pretrained": None}, label_space.num_classes)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -6,8 +6,11 @@ the kind of target batches it needs, and the loss of one iteration."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
 import shutil
 import time
 from pathlib import Path
@@ -91,8 +94,9 @@ class Trainer:
             self._restore(resume_ckpt)
         d = cfg["data"]
         crop, scale, flip = d["crop"], d.get("scale", [1.0, 1.0]), d.get("flip", True)
-        self.source_ds = TrainCrops(source_items, crop, scale, flip)
-        self.target_ds = TrainCrops(target_items, crop, scale, flip) if target_items is not None else None
+        self.source_ds = TrainCrops(source_items, crop, scale, flip, base_size=d.get("source_size"))
+        self.target_ds = (TrainCrops(target_items, crop, scale, flip, base_size=d.get("target_size"))
+                          if target_items is not None else None)
         self.workers = int(d.get("workers", 0))
 
     # -- checkpointing -------------------------------------------------------------------------
@@ -174,41 +178,79 @@ class Trainer:
         metrics = self._metrics_log()
         it = self.start
         last = {}
+        in_update = False  # True between the optimiser step and the EMA update: no consistent state to save
         t0 = time.time()
-        try:
-            with progress(self.iters - self.start, f"{self.method.stage} {self.method.name}") as advance:
-                for it in range(self.start, self.iters):
-                    # every iteration's randomness (mixing, augmentation choices) derives from (seed, it)
-                    torch.manual_seed(sample_seed(self.seed, 99, it))
-                    batch = {k: _to_device(next(s), self.device, self.channels_last) for k, s in streams.items()}
-                    lr = set_lr(self.optimizer, it, self.iters, self.cfg["optim"])
-                    with autocast(self.device, self.amp):
-                        loss, logs = self.method.training_step(batch, it)
-                    if not torch.isfinite(loss):
-                        raise DataError(f"loss became {loss.item()} at iteration {it}; last good checkpoint: "
-                                        f"{self.out / 'last.pt'}")
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.scaler.scale(loss).backward()
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                    self.method.after_step(it)
-                    logs = {"loss": loss.item(), **logs}
-                    last = logs
-                    if it % log_every == 0 or it == self.iters - 1:
-                        rec = {"iter": it, "lr": lr, **logs, "time": round(time.time() - t0, 3)}
-                        metrics.write(json.dumps(rec) + "\n")
-                    advance(1, info=f"loss {logs['loss']:.4f}")
-                    if (it + 1) % ckpt_every == 0 and it + 1 < self.iters:
-                        self.save(it + 1)
-        except KeyboardInterrupt:
-            # an interrupted step never reached the optimiser; keep all finished ones
-            self.save(it)
-            metrics.close()
-            raise DataError(f"interrupted at iteration {it}; state saved, continue with --resume") from None
-        metrics.close()
+        with _graceful_stop() as stop:
+            try:
+                with progress(self.iters - self.start, f"{self.method.stage} {self.method.name}") as advance:
+                    for it in range(self.start, self.iters):
+                        # every iteration's randomness (mixing, augmentation choices) derives from (seed, it)
+                        torch.manual_seed(sample_seed(self.seed, 99, it))
+                        batch = {k: _to_device(next(s), self.device, self.channels_last) for k, s in streams.items()}
+                        lr = set_lr(self.optimizer, it, self.iters, self.cfg["optim"])
+                        with autocast(self.device, self.amp):
+                            loss, logs = self.method.training_step(batch, it)
+                        if not torch.isfinite(loss):
+                            raise DataError(f"loss became {loss.item()} at iteration {it}; last good checkpoint: "
+                                            f"{self.out / 'last.pt'}")
+                        self.optimizer.zero_grad(set_to_none=True)
+                        self.scaler.scale(loss).backward()
+                        in_update = True
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                        self.method.after_step(it)
+                        in_update = False
+                        logs = {"loss": loss.item(), **logs}
+                        last = logs
+                        if it % log_every == 0 or it == self.iters - 1:
+                            rec = {"iter": it, "lr": lr, **logs, "time": round(time.time() - t0, 3)}
+                            metrics.write(json.dumps(rec) + "\n")
+                        advance(1, info=f"loss {logs['loss']:.4f}")
+                        if stop.signal is not None and it + 1 < self.iters:
+                            self.save(it + 1)
+                            raise DataError(f"stopped by {stop.signal} after iteration {it}; state saved in "
+                                            f"{self.out / 'last.pt'}, continue with --resume")
+                        if (it + 1) % ckpt_every == 0 and it + 1 < self.iters:
+                            self.save(it + 1)
+            except KeyboardInterrupt:
+                # an interrupt inside the forward/backward pass left the weights untouched: keep every
+                # finished iteration; one during the update cannot be undone, so the periodic checkpoint stays
+                if not in_update:
+                    self.save(it)
+                    raise DataError(f"interrupted at iteration {it}; state saved, continue with --resume") from None
+                raise DataError(f"interrupted at iteration {it}; continue from the last checkpoint with --resume") \
+                    from None
+            finally:
+                metrics.close()
         self.save(self.iters)
         log(f"finished {self.iters} iterations in {time.time() - t0:.1f}s; checkpoint {self.out / 'last.pt'}")
         return {"iterations": self.iters, **last}
+
+
+class _StopFlag:
+    signal: str | None = None
+
+
+@contextlib.contextmanager
+def _graceful_stop():
+    """SIGTERM (cluster pre-emption) or a first Ctrl-C finish the current iteration, save, and stop; a
+    second Ctrl-C stops at once."""
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, _frame):
+        if flag.signal is not None:  # asked twice: stop now
+            raise KeyboardInterrupt
+        flag.signal = signal.Signals(signum).name
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 def check_resume_config(ckpt: dict, cfg: dict, out: Path) -> None:

@@ -1,0 +1,69 @@
+"""The `segadapt` command. Thin: parse options, call the pipeline, print results to stdout.
+
+Exit codes: 0 success, 1 data/runtime error, 2 usage error. Expected errors print one line to
+stderr, no traceback (set SEGADAPT_DEBUG=1 to see one)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from segadapt import __version__
+from segadapt.cli import infer_cmds, prepare_cmds, train_cmds, visualize_cmds
+from segadapt.errors import SegadaptError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Domain-adaptive semantic segmentation: prepare-data | warmup | pseudo-label | self-train | "
+                       "evaluate | visualize")
+
+app.command("prepare-data", no_args_is_help=True)(prepare_cmds.prepare_data)
+app.command("warmup", no_args_is_help=True)(train_cmds.warmup)
+app.command("self-train", no_args_is_help=True)(train_cmds.self_train)
+app.command("pseudo-label", no_args_is_help=True)(infer_cmds.pseudo_label)
+app.command("evaluate", no_args_is_help=True)(infer_cmds.evaluate)
+app.add_typer(visualize_cmds.app, name="visualize")
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"segadapt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")):
+    pass
+
+
+def run() -> None:
+    try:
+        app(standalone_mode=False)
+    except SegadaptError as e:
+        _fail(str(e), e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        _fail("aborted", 130)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as e:  # noqa: BLE001 - click usage errors and unexpected failures
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if os.environ.get("SEGADAPT_DEBUG"):
+            raise
+        if isinstance(e, OSError):
+            _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e), 1)
+        _fail(f"internal error ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+              "set SEGADAPT_DEBUG=1 for the traceback", 1)
+    sys.exit(0)
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"segadapt: error: {message}", file=sys.stderr)
+    sys.exit(code)

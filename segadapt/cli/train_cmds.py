@@ -1,0 +1,57 @@
+"""`segadapt warmup` and `segadapt self-train`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from segadapt import pipeline
+
+CONFIG = typer.Option(..., "--config", "-c", help="Packaged config name (e.g. synthetic/diga_warmup) or a YAML path.")
+SET = typer.Option(None, "--set", help="Override a config value: --set optim.lr=0.01 (repeatable).")
+METHOD = typer.Option(None, "--method", help="Method to run (overrides the config's `method`).")
+ITERS = typer.Option(None, "--iters", help="Training iterations (overrides optim.iters).")
+RESUME = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
+FORCE = typer.Option(False, "--force", help="Start over, replacing an earlier run in --out.")
+
+
+def warmup(
+    config: str = CONFIG,
+    source: Path = typer.Option(..., "--source", help="Prepared labelled source dataset."),
+    target: Optional[Path] = typer.Option(None, "--target", help="Prepared target dataset (images only are used)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: last.pt, metrics.jsonl, config.yaml."),
+    set_: Optional[List[str]] = SET,
+    method: Optional[str] = METHOD,
+    iters: Optional[int] = ITERS,
+    resume: bool = RESUME,
+    force: bool = FORCE,
+):
+    """Stage 1: train on labelled source (and unlabelled target images) from scratch or ImageNet weights."""
+    result = pipeline.run_warmup(config=config, source=source, target=target, out=out, overrides=set_ or [],
+                                 method=method, iters=iters, resume=resume, force=force)
+    typer.echo(json.dumps({"checkpoint": str(out / "last.pt"), **result}))
+
+
+def self_train(
+    config: str = CONFIG,
+    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint to start from (warm-up or previous round)."),
+    pseudo_labels: Path = typer.Option(..., "--pseudo-labels", help="Pseudo-label folder made from --ckpt."),
+    source: Path = typer.Option(..., "--source", help="Prepared labelled source dataset."),
+    target: Path = typer.Option(..., "--target", help="Prepared target dataset."),
+    out: Path = typer.Option(..., "--out", help="Run folder."),
+    set_: Optional[List[str]] = SET,
+    method: Optional[str] = METHOD,
+    iters: Optional[int] = ITERS,
+    resume: bool = RESUME,
+    force: bool = FORCE,
+    allow_other_checkpoint: bool = typer.Option(False, "--allow-other-checkpoint",
+                                                help="Accept pseudo-labels made by a checkpoint other than --ckpt."),
+):
+    """Stage 2: self-train on target pseudo-labels; run again from its checkpoint for a further round."""
+    result = pipeline.run_self_train(config=config, ckpt=ckpt, pseudo_labels=pseudo_labels, source=source,
+                                     target=target, out=out, overrides=set_ or [], method=method, iters=iters,
+                                     resume=resume, force=force, allow_other_checkpoint=allow_other_checkpoint)
+    typer.echo(json.dumps({"checkpoint": str(out / "last.pt"), **result}))

@@ -1,0 +1,84 @@
+"""Scoring: one confusion matrix accumulated over the whole split, at label resolution."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from segadapt.console import progress
+from segadapt.data.datasets import InferenceImages
+from segadapt.data.io import read_label
+from segadapt.engine.inference import Protocol, infer, load_model
+from segadapt.engine.metrics import ConfusionMatrix, compute
+from segadapt.errors import DataError
+
+
+def _require_labels(dataset, split):
+    if not dataset.has_labels(split):
+        raise DataError(f"split '{split}' of {dataset.root} has no labels to evaluate against")
+
+
+def evaluate_checkpoint(ckpt_path, dataset, split: str, protocol: Protocol, weights: str, device,
+                        workers: int = 0, amp=None, limit: int | None = None, size=None) -> dict:
+    """``size`` (W, H): run the model on images resized to it; scores are always at label resolution."""
+    _require_labels(dataset, split)
+    model, label_space, ckpt = load_model(ckpt_path, weights, device)
+    if label_space.classes != dataset.label_space.classes:
+        raise DataError(f"checkpoint label space '{label_space.name}' ({label_space.num_classes} classes) differs "
+                        f"from the data's '{dataset.label_space.name}' ({dataset.label_space.num_classes})")
+    items = dataset.items(split)[:limit] if limit else dataset.items(split)
+    cm = ConfusionMatrix(label_space.num_classes)
+    t0 = time.time()
+    loader = DataLoader(InferenceImages(items, base_size=size), batch_size=1, num_workers=workers)
+    with progress(len(items), f"evaluate {split}") as advance:
+        for batch in loader:
+            logits, _ = infer(model, batch["image"].to(device), protocol, label_space.num_classes, amp=amp)
+            label = batch["label"].to(device)
+            if logits.shape[-2:] != label.shape[-2:]:  # score at label resolution
+                logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
+            cm.update(logits.argmax(1), label)
+            advance(1)
+    result = compute(cm.matrix, label_space.classes, missed=cm.missed_per_class)
+    result.update(num_images=len(items), seconds=round(time.time() - t0, 3), label_space=label_space.name,
+                  protocol={"source": "checkpoint", "checkpoint": str(Path(ckpt_path).resolve()),
+                            "weights": ckpt["weights_used"], "iteration": ckpt.get("iteration"),
+                            "data": str(Path(dataset.root).resolve()), "split": split, **protocol.to_dict(),
+                            "size": list(size) if size else None})
+    return result
+
+
+def evaluate_predictions(pred_dir, dataset, split: str) -> dict:
+    """Score saved trainId PNGs ``pred_dir/<id>.png`` (pseudo-label folders work too: their labels/)."""
+    _require_labels(dataset, split)
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise DataError(f"prediction folder {pred_dir} does not exist")
+    if not any(pred_dir.glob("*.png")) and (pred_dir / "labels").is_dir():
+        pred_dir = pred_dir / "labels"
+    items = dataset.items(split)
+    missing = [i for i, _, _ in items if not (pred_dir / f"{i}.png").exists()]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(items)} images of split '{split}' have no prediction in {pred_dir} "
+                        f"(first: {missing[0]}.png)")
+    ls = dataset.label_space
+    cm = ConfusionMatrix(ls.num_classes)
+    t0 = time.time()
+    with progress(len(items), f"evaluate {split}") as advance:
+        for _id, _img, lab_path in items:
+            pred = read_label(pred_dir / f"{_id}.png")
+            label = read_label(lab_path)
+            if pred.shape != label.shape:
+                raise DataError(f"prediction {_id}.png is {pred.shape[1]}x{pred.shape[0]}, its label "
+                                f"{label.shape[1]}x{label.shape[0]}; predictions must be at label resolution")
+            cm.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(label.astype(np.int64)))
+            advance(1)
+    result = compute(cm.matrix, ls.classes, missed=cm.missed_per_class)
+    result.update(num_images=len(items), seconds=round(time.time() - t0, 3), label_space=ls.name,
+                  protocol={"source": "predictions", "pred_dir": str(pred_dir.resolve()),
+                            "data": str(Path(dataset.root).resolve()), "split": split})
+    return result

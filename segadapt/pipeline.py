@@ -1,0 +1,126 @@
+"""Stage orchestration between the CLI and the engine: resolve the config, open the data, check that
+checkpoints, data and pseudo-labels fit together, build the method, hand it to the engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from segadapt import config as C
+from segadapt.console import log
+from segadapt.data.datasets import pseudo_label_items
+from segadapt.data.prepared import PreparedDataset
+from segadapt.engine.checkpoint import file_sha256
+from segadapt.engine.device import resolve_device
+from segadapt.engine.inference import load_model
+from segadapt.engine.pseudo_label import load_pseudo_labels
+from segadapt.engine.trainer import Trainer, check_resume_config, load_resume, prepare_run_dir, seed_everything
+from segadapt.errors import DataError, UsageError
+from segadapt.methods import method_class
+from segadapt.models import model_signature
+from segadapt.models.segmenter import build_segmenter
+
+
+def resolve_train_config(config: str, overrides: list[str], method: str | None, iters: int | None) -> dict:
+    cfg = C.apply_overrides(C.load_config(config), overrides)
+    if method is not None:
+        cfg["method"] = method
+    if iters is not None:
+        if iters <= 0:
+            raise UsageError(f"--iters must be positive, got {iters}")
+        cfg.setdefault("optim", {})["iters"] = iters
+    for key in ("seed", "method", "model", "data", "optim", "train"):
+        C.require(cfg, key)
+    name = cfg["method"]
+    if not isinstance(cfg.get(name), dict):
+        raise UsageError(f"config has no settings section for method '{name}' (add a '{name}:' section)")
+    return cfg
+
+
+def _open_pair(source: Path, target: Path | None, cfg: dict):
+    src = PreparedDataset(source)
+    src_split = cfg["data"]["source_split"]
+    if not src.has_labels(src_split):
+        raise DataError(f"source {source} split '{src_split}' has no labels to train on")
+    tgt = PreparedDataset(target) if target is not None else None
+    if tgt is not None and tgt.label_space.classes != src.label_space.classes:
+        raise DataError(f"source label space '{src.label_space.name}' differs from target '{tgt.label_space.name}'; "
+                        "give a mapping or prepare both in one label space")
+    return src, tgt
+
+
+def _target_items(tgt, cfg):
+    if tgt is None:
+        return None
+    return [(i, p, None) for i, p, _ in tgt.items(cfg["data"]["target_split"])]  # target labels never reach training
+
+
+def _start(out: Path, cfg: dict, resume: bool, force: bool):
+    resuming = prepare_run_dir(out, resume, force)
+    ckpt = None
+    if resuming:
+        ckpt = load_resume(out)
+        check_resume_config(ckpt, cfg, out)
+        log(f"resuming {out} at iteration {ckpt['iteration']}")
+    elif resume:
+        log(f"nothing to resume in {out}; starting from iteration 0")
+    return ckpt
+
+
+def run_warmup(*, config: str, source: Path, target: Path | None, out: Path, overrides=(), method=None, iters=None,
+               resume=False, force=False) -> dict:
+    cfg = resolve_train_config(config, list(overrides), method, iters)
+    src, tgt = _open_pair(source, target, cfg)
+    resume_ckpt = _start(out, cfg, resume, force)
+    seed_everything(int(cfg["seed"]))
+    device = resolve_device(cfg["train"].get("device", "auto"))
+    label_space = src.label_space
+    student = build_segmenter(cfg["model"], label_space.num_classes)
+    method_obj = method_class("warmup", cfg["method"])(cfg[cfg["method"]], student, label_space.num_classes)
+    if method_obj.target_batches is not None and tgt is None:
+        raise UsageError(f"warm-up method '{cfg['method']}' needs target images: pass --target")
+    trainer = Trainer(cfg=cfg, method=method_obj, label_space=label_space,
+                      source_items=src.items(cfg["data"]["source_split"]), target_items=_target_items(tgt, cfg),
+                      out=out, device=device, resume_ckpt=resume_ckpt)
+    return trainer.fit()
+
+
+def run_self_train(*, config: str, ckpt: Path, pseudo_labels: Path, source: Path, target: Path, out: Path,
+                   overrides=(), method=None, iters=None, resume=False, force=False,
+                   allow_other_checkpoint=False) -> dict:
+    cfg = resolve_train_config(config, list(overrides), method, iters)
+    src, tgt = _open_pair(source, target, cfg)
+    if tgt is None:
+        raise UsageError("self-training needs --target")
+    device = resolve_device(cfg["train"].get("device", "auto"))
+    weights = cfg["train"].get("init_weights", "student")
+    init_model, init_ls, init_ckpt = load_model(ckpt, weights, torch.device("cpu"))
+    if init_ls.classes != src.label_space.classes:
+        raise DataError(f"checkpoint {ckpt} was trained on label space '{init_ls.name}', the data is "
+                        f"'{src.label_space.name}'")
+    if "model" in cfg and model_signature(cfg["model"] | {"num_classes": init_ls.num_classes}) != \
+            model_signature(init_ckpt["model_spec"]):
+        log("note: the config's model section differs from the checkpoint's; the checkpoint's architecture is used")
+    cfg["model"] = {**init_ckpt["model_spec"], "pretrained": None}  # weights come from the checkpoint
+    cfg["model"].pop("num_classes", None)
+    tsplit = cfg["data"]["target_split"]
+    manifest, prototypes = load_pseudo_labels(pseudo_labels, tgt, tsplit)
+    sha = file_sha256(ckpt)
+    if manifest.get("checkpoint_sha256") != sha and not allow_other_checkpoint:
+        raise DataError(f"pseudo-labels in {pseudo_labels} were made by another checkpoint ({manifest.get('checkpoint')}); "
+                        "pass --allow-other-checkpoint if that is intended")
+    resume_ckpt = _start(out, cfg, resume, force)
+    seed_everything(int(cfg["seed"]))
+    student = build_segmenter(cfg["model"], init_ls.num_classes)
+    student.load_state_dict(init_model.state_dict())
+    cls = method_class("self-train", cfg["method"])
+    kwargs = {"prototypes": prototypes} if "prototypes" in cls.__init__.__code__.co_varnames else {}
+    method_obj = cls(cfg[cfg["method"]], student, init_ls.num_classes, **kwargs)
+    target_items = pseudo_label_items(tgt.items(tsplit), pseudo_labels)
+    trainer = Trainer(cfg=cfg, method=method_obj, label_space=src.label_space,
+                      source_items=src.items(cfg["data"]["source_split"]), target_items=target_items,
+                      out=out, device=device, resume_ckpt=resume_ckpt,
+                      extra_ckpt={"init_checkpoint": str(Path(ckpt).resolve()), "init_checkpoint_sha256": sha,
+                                  "pseudo_labels": str(Path(pseudo_labels).resolve())})
+    return trainer.fit()
