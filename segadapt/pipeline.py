@@ -22,7 +22,8 @@ from segadapt.models import model_signature
 from segadapt.models.segmenter import build_segmenter
 
 
-def resolve_train_config(config: str, overrides: list[str], method: str | None, iters: int | None) -> dict:
+def resolve_train_config(config: str, overrides: list[str], method: str | None, iters: int | None,
+                         stage: str) -> dict:
     cfg = C.apply_overrides(C.load_config(config), overrides)
     if method is not None:
         cfg["method"] = method
@@ -33,6 +34,7 @@ def resolve_train_config(config: str, overrides: list[str], method: str | None, 
     for key in ("seed", "method", "model", "data", "optim", "train"):
         C.require(cfg, key)
     name = cfg["method"]
+    method_class(stage, name)  # an unknown method is named before its missing config section
     if not isinstance(cfg.get(name), dict):
         raise UsageError(f"config has no settings section for method '{name}' (add a '{name}:' section)")
     return cfg
@@ -70,7 +72,7 @@ def _start(out: Path, cfg: dict, resume: bool, force: bool):
 
 def run_warmup(*, config: str, source: Path, target: Path | None, out: Path, overrides=(), method=None, iters=None,
                resume=False, force=False) -> dict:
-    cfg = resolve_train_config(config, list(overrides), method, iters)
+    cfg = resolve_train_config(config, list(overrides), method, iters, "warmup")
     src, tgt = _open_pair(source, target, cfg)
     resume_ckpt = _start(out, cfg, resume, force)
     seed_everything(int(cfg["seed"]))
@@ -89,7 +91,7 @@ def run_warmup(*, config: str, source: Path, target: Path | None, out: Path, ove
 def run_self_train(*, config: str, ckpt: Path, pseudo_labels: Path, source: Path, target: Path, out: Path,
                    overrides=(), method=None, iters=None, resume=False, force=False,
                    allow_other_checkpoint=False) -> dict:
-    cfg = resolve_train_config(config, list(overrides), method, iters)
+    cfg = resolve_train_config(config, list(overrides), method, iters, "self-train")
     src, tgt = _open_pair(source, target, cfg)
     if tgt is None:
         raise UsageError("self-training needs --target")

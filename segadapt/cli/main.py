@@ -50,9 +50,8 @@ def run() -> None:
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except Exception as e:  # noqa: BLE001 - click usage errors and unexpected failures
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+        # click's usage errors (Typer vendors click in newer releases, so match by shape, not class)
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(e.exit_code)
         if os.environ.get("SEGADAPT_DEBUG"):
