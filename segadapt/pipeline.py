@@ -116,9 +116,8 @@ def run_self_train(*, config: str, ckpt: Path, pseudo_labels: Path, source: Path
     seed_everything(int(cfg["seed"]))
     student = build_segmenter(cfg["model"], init_ls.num_classes)
     student.load_state_dict(init_model.state_dict())
-    cls = method_class("self-train", cfg["method"])
-    kwargs = {"prototypes": prototypes} if "prototypes" in cls.__init__.__code__.co_varnames else {}
-    method_obj = cls(cfg[cfg["method"]], student, init_ls.num_classes, **kwargs)
+    method_obj = method_class("self-train", cfg["method"])(cfg[cfg["method"]], student, init_ls.num_classes,
+                                                           prototypes=prototypes)
     target_items = pseudo_label_items(tgt.items(tsplit), pseudo_labels)
     trainer = Trainer(cfg=cfg, method=method_obj, label_space=src.label_space,
                       source_items=src.items(cfg["data"]["source_split"]), target_items=target_items,

@@ -10,7 +10,6 @@ every image recorded there. A folder made by another checkpoint or protocol is r
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import struct
@@ -201,6 +200,3 @@ def load_pseudo_labels(pl_dir: Path, dataset, split: str) -> tuple[dict, torch.T
         protos = torch.load(pl_dir / "prototypes.pt", map_location="cpu", weights_only=True)["prototypes"]
     return manifest, protos
 
-
-def manifest_summary(manifest: dict) -> str:
-    return json.dumps({k: manifest[k] for k in ("num_images", "weights", "complete") if k in manifest})

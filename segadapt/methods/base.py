@@ -18,7 +18,9 @@ class Method:
     #: "target" = target images (labels all-ignore), "pseudo" = target images with pseudo-labels
     target_batches: str | None = None
 
-    def __init__(self, cfg: dict, student: nn.Module, num_classes: int):
+    def __init__(self, cfg: dict, student: nn.Module, num_classes: int, prototypes: torch.Tensor | None = None):
+        """``prototypes``: the pseudo-label folder's class prototypes (self-training); methods that do not
+        use them ignore them."""
         self.cfg = cfg  # this method's own config section
         self.student = student
         self.num_classes = num_classes

@@ -98,8 +98,8 @@ def update_prototypes(prototypes: torch.Tensor, feat: torch.Tensor, label: torch
 # -- the two stages ------------------------------------------------------------------------------
 
 class _WithTeacher(Method):
-    def __init__(self, cfg, student, num_classes):
-        super().__init__(cfg, student, num_classes)
+    def __init__(self, cfg, student, num_classes, prototypes=None):
+        super().__init__(cfg, student, num_classes, prototypes)
         self.teacher = make_teacher(student)
         self.generator = None  # the engine reseeds torch's global RNG every iteration
 
@@ -157,7 +157,7 @@ class DigaSelfTrain(_WithTeacher):
     target_batches = "pseudo"
 
     def __init__(self, cfg, student, num_classes, prototypes: torch.Tensor | None = None):
-        super().__init__(cfg, student, num_classes)
+        super().__init__(cfg, student, num_classes, prototypes)
         if self.cfg.get("selection", "dps") == "dps" and prototypes is None:
             raise UsageError("DiGA self-training with dynamic pseudo-label selection needs the pseudo-label "
                              "folder's prototypes.pt")
