@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from segadapt.data.labelspace import CITYSCAPES19
 from segadapt.data.prepare import parse_resize, prepare_cityscapes, prepare_gta5
 from segadapt.data.prepare.common import resize_image
 from segadapt.data.prepared import PreparedDataset
@@ -176,6 +177,7 @@ def test_gta5_conversion_skips_and_stats(gta, tmp_path):
     assert stats["total"] == row({0: 16, 13: 8, 1: 8, 18: 4, 2: 47, 11: 1})
 
     meta = json.loads((out / "dataset.json").read_text())
+    assert meta.pop("label_space_def") == CITYSCAPES19.to_dict()
     assert meta == {"format": "segadapt-prepared", "version": 1, "kind": "gta5", "label_space": "cityscapes19",
                     "raw_root": str(gta), "resize": None, "splits": {"train": 2}, "has_labels": {"train": True}}
     assert not (out / ".in-progress.json").exists()

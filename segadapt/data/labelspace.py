@@ -67,12 +67,59 @@ def labelid_lut(mapping: dict[int, int], size: int = 256) -> np.ndarray:
     return lut
 
 
-LABEL_SPACES = {CITYSCAPES19.name: CITYSCAPES19}
+# CamVid, SegNet's 11-class version (raw value = class index, 11 = void). Colours: SegNet's
+# Scripts/camvid11.png.
+CAMVID11 = LabelSpace(
+    "camvid11",
+    ("sky", "building", "pole", "road", "sidewalk", "tree", "sign symbol", "fence", "car", "pedestrian",
+     "bicyclist"),
+    ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
+     (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)),
+)
+
+LABEL_SPACES = {CITYSCAPES19.name: CITYSCAPES19, CAMVID11.name: CAMVID11}
+
+# Evaluation protocols: the subset of a label space's classes that is scored. SYNTHIA -> Cityscapes
+# papers train a 19-class model and report mIoU over the 16 classes SYNTHIA has, and over 13 of them
+# (without wall, fence, pole), both computed from the same confusion matrix.
+SYNTHIA16 = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+             "vegetation", "sky", "person", "rider", "car", "bus", "motorcycle", "bicycle")
+SYNTHIA13 = tuple(c for c in SYNTHIA16 if c not in ("wall", "fence", "pole"))
+PROTOCOLS = {"19": None, "16": SYNTHIA16, "13": SYNTHIA13}
 
 
-def get_label_space(name: str) -> LabelSpace:
+def protocol_indices(space: LabelSpace, protocol: str) -> list[int]:
+    """Class indices scored by ``protocol``: 'all' = every class of the space, '19' = the Cityscapes
+    classes, '16' / '13' = the SYNTHIA subsets."""
     from segadapt.errors import UsageError
 
+    if protocol == "all":
+        return list(range(space.num_classes))
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"unknown evaluation protocol '{protocol}' (known: all, {', '.join(PROTOCOLS)})")
+    names = PROTOCOLS[protocol] or CITYSCAPES19.classes
+    missing = [c for c in names if c not in space.classes]
+    if missing:
+        raise UsageError(f"protocol {protocol} needs classes that label space '{space.name}' lacks: "
+                         f"{', '.join(missing)}")
+    return [space.classes.index(c) for c in names]
+
+
+def get_label_space(name) -> LabelSpace:
+    """A built-in label space by name, or one described as a dict (``LabelSpace.to_dict``), as written
+    into dataset.json for a user's own ``folder`` data."""
+    from segadapt.errors import UsageError
+
+    if isinstance(name, LabelSpace):
+        return name
+    if isinstance(name, dict):
+        try:
+            space = LabelSpace.from_dict(name)
+        except (KeyError, TypeError, ValueError) as e:
+            raise UsageError(f"malformed label space description ({e})") from None
+        if len(space.palette) != space.num_classes or not 1 <= space.num_classes <= 255:
+            raise UsageError(f"label space '{space.name}': needs 1..255 classes, one colour each")
+        return space
     if name not in LABEL_SPACES:
         raise UsageError(f"unknown label space '{name}' (known: {', '.join(sorted(LABEL_SPACES))})")
     return LABEL_SPACES[name]

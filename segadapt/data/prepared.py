@@ -37,7 +37,8 @@ class PreparedDataset:
         try:
             self.meta = meta
             self.kind: str = meta["kind"]
-            self.label_space: LabelSpace = get_label_space(meta["label_space"])
+            # the full definition (always written since folder datasets bring their own classes)
+            self.label_space: LabelSpace = get_label_space(meta.get("label_space_def") or meta["label_space"])
             self._splits: dict[str, int] = dict(meta["splits"])
             self._has_labels: dict[str, bool] = {s: bool(meta["has_labels"].get(s, False)) for s in self._splits}
         except (KeyError, TypeError, AttributeError) as e:

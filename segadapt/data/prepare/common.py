@@ -128,6 +128,7 @@ class _Job:
     out: str
     resize: tuple[int, int] | None
     convert_label: Callable[[np.ndarray], np.ndarray]
+    read_raw_label: Callable[[Path], np.ndarray]
     num_classes: int
     force: bool
     skip_blank: bool
@@ -187,7 +188,7 @@ def _process(job: _Job, task: tuple[RawItem, bool, bool]) -> tuple:
         return ("skip", err)
     lab = None
     if item.label is not None:
-        raw, err = _read(read_label, item.label, LABEL_UNREADABLE, item)
+        raw, err = _read(job.read_raw_label, item.label, LABEL_UNREADABLE, item)
         if err:
             return ("skip", err)
         if raw.shape[:2] != img.shape[:2]:
@@ -273,7 +274,7 @@ def prepare(
     kind: str,
     items: Iterable[RawItem],
     convert_label: Callable[[np.ndarray], np.ndarray],
-    label_space: str,
+    label_space,
     raw_root: str | Path,
     out: str | Path,
     *,
@@ -282,18 +283,22 @@ def prepare(
     force: bool = False,
     has_labels: dict[str, bool] | None = None,
     skip_blank: bool = True,
+    read_raw_label: Callable[[Path], np.ndarray] = read_label,
 ) -> dict:
     """Convert ``items`` into the prepared folder ``out`` and return the report (also report.json).
 
     ``convert_label`` must be picklable when ``workers`` > 0 (a module-level function or an object
     such as ``LutLabels``). ``has_labels`` (split -> bool) defaults to: a split has labels when any
-    of its items names a label file. ``workers`` = 0 converts in this process."""
+    of its items names a label file. ``workers`` = 0 converts in this process. ``label_space`` is a
+    built-in name or a ``LabelSpace``; its full definition goes into dataset.json either way.
+    ``read_raw_label`` (picklable) reads one raw label file, e.g. SYNTHIA's 16-bit RGB PNGs."""
     raw_root = Path(os.path.abspath(Path(raw_root).expanduser()))
     out = Path(os.path.abspath(Path(out).expanduser()))
     resize = parse_resize(resize)
     if not isinstance(workers, int) or workers < 0:
         raise UsageError(f"--workers must be 0 (in-process) or a positive number, got {workers!r}")
     space = get_label_space(label_space)
+    space_meta = {"label_space": space.name, "label_space_def": space.to_dict()}
     items, bad_ids = _validate_items(list(items))
     splits = list(dict.fromkeys(it.split for it in items))
     if not splits:
@@ -325,7 +330,7 @@ def prepare(
     labels_before = {s: v for s, v in (prev or {}).get("has_labels", {}).items() if s in kept_before}
 
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / IN_PROGRESS, {"format": FORMAT, "version": VERSION, "kind": kind, "label_space": label_space,
+    write_json(out / IN_PROGRESS, {"format": FORMAT, "version": VERSION, "kind": kind, **space_meta,
                                    "raw_root": str(raw_root), "resize": list(resize) if resize else None,
                                    "splits": kept_before, "has_labels": labels_before})
     (out / "dataset.json").unlink(missing_ok=True)  # from here on the folder is unfinished
@@ -335,7 +340,7 @@ def prepare(
     listed = {s: _read_split_file(out / "splits" / f"{s}.txt") for s in splits} if (same and not force) else {}
     tasks = [(it, labelled[it.split], listed.get(it.split, {}).get(it.id) == str(it.image)) for it in items]
 
-    job = _Job(str(out), resize, convert_label, space.num_classes, force, skip_blank)
+    job = _Job(str(out), resize, convert_label, read_raw_label, space.num_classes, force, skip_blank)
     fn = partial(_process, job)
     results = []
     with progress(len(tasks), f"prepare {kind}") as advance:
@@ -386,7 +391,7 @@ def prepare(
         "skipped": [e for e in old_report.get("skipped", []) if e.get("split") in kept_before] + skipped,
     }
     write_json(out / "report.json", report)
-    meta = {"format": FORMAT, "version": VERSION, "kind": kind, "label_space": label_space,
+    meta = {"format": FORMAT, "version": VERSION, "kind": kind, **space_meta,
             "raw_root": str(raw_root), "resize": list(resize) if resize else None,
             "splits": {**kept_before, **{s: len(kept[s]) for s in splits}},
             "has_labels": {**labels_before, **labelled}}
