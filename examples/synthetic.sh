@@ -20,7 +20,7 @@ $SEGADAPT warmup -c synthetic/source_only --source "$DATA/source" --out "$OUT/so
 $SEGADAPT warmup -c synthetic/diga_warmup --source "$DATA/source" --target "$DATA/target" --out "$OUT/warmup" \
     --resume "${S[@]}"
 
-# stage 2: two rounds of pseudo-labelling and self-training with dynamic pseudo-label selection
+# stage 2: two rounds of pseudo-labelling and self-training (pseudo-label selection: see the config)
 prev=$OUT/warmup
 for round in 1 2; do
     $SEGADAPT pseudo-label --ckpt "$prev/last.pt" --data "$DATA/target" --split train --out "$OUT/pl_$round"

@@ -189,3 +189,39 @@ def test_format_table():
     out = buf.getvalue()
     assert "53.33" in out and "60.00" in out and "70.00" in out and "69.44" in out
     assert "n/a" in out and "val" in out
+
+
+def test_synthia_protocols_16_and_13_hand_case():
+    """One 19-class matrix scored as mIoU16 / mIoU13: terrain (not in SYNTHIA's 16) predicted as
+    road is still a road false positive; classes absent from both sides are not averaged."""
+    from segadapt.data.labelspace import CITYSCAPES19
+    from segadapt.engine.evaluate import score
+
+    road, wall, terrain, sky = 0, 3, 9, 10
+    label = np.array([road] * 4 + [wall] * 2 + [terrain] * 2 + [sky] * 2)
+    pred = np.array([road, road, road, terrain, wall, wall, road, road, sky, sky])
+    cm = ConfusionMatrix(19)
+    cm.update(pred, label)
+    # road: tp 3, gt 4, predicted 5 -> 3 / 6; wall and sky perfect; terrain 0 / 3
+    r16 = score(cm, CITYSCAPES19, "16")
+    assert r16["miou"] == pytest.approx((0.5 + 1 + 1) / 3 * 100)
+    assert r16["miou_by_protocol"] == {"16": pytest.approx(250 / 3), "13": pytest.approx(75.0)}
+    assert len(r16["per_class"]) == 16 and "terrain" not in r16["per_class"]
+    r13 = score(cm, CITYSCAPES19, "13")
+    assert r13["miou"] == pytest.approx(75.0) and "wall" not in r13["per_class"]
+    assert score(cm, CITYSCAPES19, "all")["miou"] == pytest.approx((0.5 + 1 + 0 + 1) / 4 * 100)
+    assert score(cm, CITYSCAPES19, "19")["miou"] == pytest.approx(62.5)
+    text = io.StringIO()
+    Console(file=text, width=120).print(format_table(r16, "t"))
+    assert "mIoU16" in text.getvalue() and "75.00" in text.getvalue()
+
+
+def test_protocol_unknown_or_incompatible():
+    from segadapt.data.labelspace import CAMVID11, CITYSCAPES19, protocol_indices
+    from segadapt.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown evaluation protocol '7'"):
+        protocol_indices(CITYSCAPES19, "7")
+    with pytest.raises(UsageError, match="lacks: wall"):
+        protocol_indices(CAMVID11, "16")
+    assert protocol_indices(CAMVID11, "all") == list(range(11))

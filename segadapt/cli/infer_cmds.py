@@ -62,6 +62,8 @@ def evaluate(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint to evaluate."),
     pred_dir: Optional[Path] = typer.Option(None, "--pred-dir", help="Folder of <id>.png trainId predictions."),
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
+    classes: str = typer.Option("all", "--protocol",
+                                help="Classes scored: all, 19, or the SYNTHIA protocols 16 / 13 (reports both)."),
     scales: str = typer.Option("1.0", "--scales"),
     flip: bool = typer.Option(False, "--flip/--no-flip"),
     fusion: str = typer.Option("mean", "--fusion", help="max or mean over scales."),
@@ -82,9 +84,9 @@ def evaluate(
         dev = resolve_device(device)
         result = E.evaluate_checkpoint(ckpt, dataset, split, _protocol(scales, flip, fusion, mode, crop, stride),
                                        weights, dev, workers=workers, amp=amp_dtype(amp, dev),
-                                       size=parse_resize(size))
+                                       size=parse_resize(size), classes=classes)
     else:
-        result = E.evaluate_predictions(pred_dir, dataset, split)
+        result = E.evaluate_predictions(pred_dir, dataset, split, classes=classes)
     if json_out:
         typer.echo(json.dumps(result))
     else:

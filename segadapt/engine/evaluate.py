@@ -13,9 +13,27 @@ from torch.utils.data import DataLoader
 from segadapt.console import progress
 from segadapt.data.datasets import InferenceImages
 from segadapt.data.io import read_label
+from segadapt.data.labelspace import protocol_indices
 from segadapt.engine.inference import Protocol, infer, load_model
 from segadapt.engine.metrics import ConfusionMatrix, compute
 from segadapt.errors import DataError
+
+
+def score(cm: ConfusionMatrix, label_space, classes: str = "all") -> dict:
+    """Scores over the classes of evaluation protocol ``classes`` ('all', '19', '16', '13').
+
+    SYNTHIA -> Cityscapes papers report mIoU16 and mIoU13 side by side from one 19-class matrix, so
+    asking for either gives both under ``miou_by_protocol``; ``miou`` is the one asked for."""
+    result = compute(cm.matrix, label_space.classes, subset=protocol_indices(label_space, classes),
+                     missed=cm.missed_per_class)
+    shown = ("16", "13") if classes in ("16", "13") else (classes,)
+    result["miou_by_protocol"] = {
+        p: (result["miou"] if p == classes else
+            compute(cm.matrix, label_space.classes, subset=protocol_indices(label_space, p),
+                    missed=cm.missed_per_class)["miou"])
+        for p in shown}
+    result["classes_protocol"] = classes
+    return result
 
 
 def _require_labels(dataset, split):
@@ -24,9 +42,12 @@ def _require_labels(dataset, split):
 
 
 def evaluate_checkpoint(ckpt_path, dataset, split: str, protocol: Protocol, weights: str, device,
-                        workers: int = 0, amp=None, limit: int | None = None, size=None) -> dict:
-    """``size`` (W, H): run the model on images resized to it; scores are always at label resolution."""
+                        workers: int = 0, amp=None, limit: int | None = None, size=None,
+                        classes: str = "all") -> dict:
+    """``size`` (W, H): run the model on images resized to it; scores are always at label resolution.
+    ``classes``: the evaluation protocol (see ``score``)."""
     _require_labels(dataset, split)
+    protocol_indices(dataset.label_space, classes)  # a bad protocol fails before any inference
     model, label_space, ckpt = load_model(ckpt_path, weights, device)
     if label_space.classes != dataset.label_space.classes:
         raise DataError(f"checkpoint label space '{label_space.name}' ({label_space.num_classes} classes) differs "
@@ -43,7 +64,7 @@ def evaluate_checkpoint(ckpt_path, dataset, split: str, protocol: Protocol, weig
                 logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
             cm.update(logits.argmax(1), label)
             advance(1)
-    result = compute(cm.matrix, label_space.classes, missed=cm.missed_per_class)
+    result = score(cm, label_space, classes)
     result.update(num_images=len(items), seconds=round(time.time() - t0, 3), label_space=label_space.name,
                   protocol={"source": "checkpoint", "checkpoint": str(Path(ckpt_path).resolve()),
                             "weights": ckpt["weights_used"], "iteration": ckpt.get("iteration"),
@@ -52,9 +73,10 @@ def evaluate_checkpoint(ckpt_path, dataset, split: str, protocol: Protocol, weig
     return result
 
 
-def evaluate_predictions(pred_dir, dataset, split: str) -> dict:
+def evaluate_predictions(pred_dir, dataset, split: str, classes: str = "all") -> dict:
     """Score saved trainId PNGs ``pred_dir/<id>.png`` (pseudo-label folders work too: their labels/)."""
     _require_labels(dataset, split)
+    protocol_indices(dataset.label_space, classes)
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise DataError(f"prediction folder {pred_dir} does not exist")
@@ -77,7 +99,7 @@ def evaluate_predictions(pred_dir, dataset, split: str) -> dict:
                                 f"{label.shape[1]}x{label.shape[0]}; predictions must be at label resolution")
             cm.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(label.astype(np.int64)))
             advance(1)
-    result = compute(cm.matrix, ls.classes, missed=cm.missed_per_class)
+    result = score(cm, ls, classes)
     result.update(num_images=len(items), seconds=round(time.time() - t0, 3), label_space=ls.name,
                   protocol={"source": "predictions", "pred_dir": str(pred_dir.resolve()),
                             "data": str(Path(dataset.root).resolve()), "split": split})

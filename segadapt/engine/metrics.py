@@ -179,7 +179,12 @@ def format_table(result: dict, title: str):
     items = list(result["per_class"].items())
     for i, (name, v) in enumerate(items):
         table.add_row(name, _fmt(v), end_section=i == len(items) - 1)
-    table.add_row(f"mIoU ({result['num_classes_scored']} classes)", _fmt(result["miou"]), style="bold")
+    by_protocol = result.get("miou_by_protocol") or {}
+    if len(by_protocol) > 1:  # SYNTHIA: mIoU16 and mIoU13 side by side
+        for name, v in by_protocol.items():
+            table.add_row(f"mIoU{name}", _fmt(v), style="bold")
+    else:
+        table.add_row(f"mIoU ({result['num_classes_scored']} classes)", _fmt(result["miou"]), style="bold")
     table.add_row("pixel acc", _fmt(result["pixel_acc"]))
     table.add_row("mean acc", _fmt(result["mean_acc"]))
     return table
