@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from segadapt import config as C
 from segadapt.console import log
 from segadapt.data.datasets import pseudo_label_items
+from segadapt.data.labelspace import IGNORE, class_map_lut
 from segadapt.data.prepared import PreparedDataset
 from segadapt.engine.checkpoint import file_sha256
 from segadapt.engine.device import resolve_device
@@ -40,16 +42,49 @@ def resolve_train_config(config: str, overrides: list[str], method: str | None, 
     return cfg
 
 
+class SourceData:
+    """The labelled source as training sees it: in the training label space (the target's when a
+    ``data.source_label_map`` maps source classes onto target classes)."""
+
+    def __init__(self, src: PreparedDataset, tgt: PreparedDataset | None, cfg: dict):
+        # 'train+val' trains on the union of splits (e.g. every labelled day frame of CamVid)
+        self.dataset, self.splits = src, [s.strip() for s in str(cfg["data"]["source_split"]).split("+")]
+        for split in self.splits:
+            if not src.has_labels(split):
+                raise DataError(f"source {src.root} split '{split}' has no labels to train on")
+        mapping = cfg["data"].get("source_label_map")
+        self.label_space, self.lut = src.label_space, None
+        if mapping:
+            if tgt is None:
+                raise UsageError("data.source_label_map maps source classes onto the target's: pass --target")
+            self.lut = class_map_lut(src.label_space, tgt.label_space, mapping)
+            self.label_space = tgt.label_space
+        elif tgt is not None and tgt.label_space.classes != src.label_space.classes:
+            raise DataError(f"source label space '{src.label_space.name}' differs from target "
+                            f"'{tgt.label_space.name}'; give data.source_label_map (source class -> target class "
+                            "or null) or prepare both in one label space")
+
+    def items(self):
+        return [it for split in self.splits for it in self.dataset.items(split)]
+
+    def class_counts(self, cfg: dict):
+        """Per-image counts in the training label space, only when rare-class sampling needs them."""
+        if not (cfg["data"].get("rare_class_sampling") or {}).get("enabled"):
+            return None
+        counts = np.concatenate([self.dataset.class_counts(split) for split in self.splits])
+        if self.lut is None:
+            return counts
+        out = np.zeros((counts.shape[0], self.label_space.num_classes), np.int64)
+        for c in range(counts.shape[1]):
+            if self.lut[c] != IGNORE:
+                out[:, self.lut[c]] += counts[:, c]
+        return out
+
+
 def _open_pair(source: Path, target: Path | None, cfg: dict):
     src = PreparedDataset(source)
-    src_split = cfg["data"]["source_split"]
-    if not src.has_labels(src_split):
-        raise DataError(f"source {source} split '{src_split}' has no labels to train on")
     tgt = PreparedDataset(target) if target is not None else None
-    if tgt is not None and tgt.label_space.classes != src.label_space.classes:
-        raise DataError(f"source label space '{src.label_space.name}' differs from target '{tgt.label_space.name}'; "
-                        "give a mapping or prepare both in one label space")
-    return src, tgt
+    return SourceData(src, tgt, cfg), tgt
 
 
 def _target_items(tgt, cfg):
@@ -83,8 +118,9 @@ def run_warmup(*, config: str, source: Path, target: Path | None, out: Path, ove
     if method_obj.target_batches is not None and tgt is None:
         raise UsageError(f"warm-up method '{cfg['method']}' needs target images: pass --target")
     trainer = Trainer(cfg=cfg, method=method_obj, label_space=label_space,
-                      source_items=src.items(cfg["data"]["source_split"]), target_items=_target_items(tgt, cfg),
-                      out=out, device=device, resume_ckpt=resume_ckpt)
+                      source_items=src.items(), target_items=_target_items(tgt, cfg),
+                      out=out, device=device, resume_ckpt=resume_ckpt,
+                      source_counts=src.class_counts(cfg), source_label_lut=src.lut)
     return trainer.fit()
 
 
@@ -120,8 +156,9 @@ def run_self_train(*, config: str, ckpt: Path, pseudo_labels: Path, source: Path
                                                            prototypes=prototypes)
     target_items = pseudo_label_items(tgt.items(tsplit), pseudo_labels)
     trainer = Trainer(cfg=cfg, method=method_obj, label_space=src.label_space,
-                      source_items=src.items(cfg["data"]["source_split"]), target_items=target_items,
+                      source_items=src.items(), target_items=target_items,
                       out=out, device=device, resume_ckpt=resume_ckpt,
+                      source_counts=src.class_counts(cfg), source_label_lut=src.lut,
                       extra_ckpt={"init_checkpoint": str(Path(ckpt).resolve()), "init_checkpoint_sha256": sha,
                                   "pseudo_labels": str(Path(pseudo_labels).resolve())})
     return trainer.fit()

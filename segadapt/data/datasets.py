@@ -30,8 +30,9 @@ class TrainCrops(Dataset):
     Images without labels get an all-ignore label (target images used without labels)."""
 
     def __init__(self, items, crop: tuple[int, int], scale: tuple[float, float] = (1.0, 1.0), flip: bool = True,
-                 base_size: tuple[int, int] | None = None):
+                 base_size: tuple[int, int] | None = None, label_lut: np.ndarray | None = None):
         self.items = list(items)
+        self.label_lut = label_lut  # maps stored ids into the training label space (source -> target classes)
         self.crop = (int(crop[0]), int(crop[1]))  # (H, W)
         self.scale = (float(scale[0]), float(scale[1]))
         self.flip = flip
@@ -45,6 +46,8 @@ class TrainCrops(Dataset):
         image = read_image(img_path)
         if lab_path is not None:
             label = read_label(lab_path)
+            if self.label_lut is not None:
+                label = self.label_lut[label]
             if label.shape[:2] != image.shape[:2]:
                 label = cv2.resize(label, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
         else:

@@ -105,6 +105,32 @@ def protocol_indices(space: LabelSpace, protocol: str) -> list[int]:
     return [space.classes.index(c) for c in names]
 
 
+def class_map_lut(source: LabelSpace, target: LabelSpace, mapping: dict) -> np.ndarray:
+    """Source trainId -> target trainId table from ``{source class: target class or null}``.
+
+    Every source class must be named: a class silently dropped or merged would train the wrong
+    thing, so a forgotten class is an error and ``null`` (ignore) has to be written out."""
+    from segadapt.errors import UsageError
+
+    if not isinstance(mapping, dict):
+        raise UsageError("the source label map must be a mapping {source class: target class or null}")
+    unknown = [k for k in mapping if k not in source.classes]
+    if unknown:
+        raise UsageError(f"source label map names classes that '{source.name}' lacks: {', '.join(map(str, unknown))}")
+    bad = [str(v) for v in mapping.values() if v is not None and v not in target.classes]
+    if bad:
+        raise UsageError(f"source label map targets classes that '{target.name}' lacks: {', '.join(bad)}")
+    missing = [c for c in source.classes if c not in mapping]
+    if missing:
+        raise UsageError(f"source label map does not say where '{source.name}' classes go: {', '.join(missing)} "
+                         "(map each to a target class or to null)")
+    lut = np.full(256, IGNORE, np.uint8)
+    for i, c in enumerate(source.classes):
+        if mapping[c] is not None:
+            lut[i] = target.classes.index(mapping[c])
+    return lut
+
+
 def get_label_space(name) -> LabelSpace:
     """A built-in label space by name, or one described as a dict (``LabelSpace.to_dict``), as written
     into dataset.json for a user's own ``folder`` data."""

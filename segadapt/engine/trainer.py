@@ -22,7 +22,7 @@ from segadapt.config import dump_config, provenance
 from segadapt.console import log, progress
 from segadapt.data.datasets import TrainCrops
 from segadapt.data.io import write_text
-from segadapt.data.sampling import make_stream, sample_seed
+from segadapt.data.sampling import RareClassSampling, make_stream, sample_seed
 from segadapt.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segadapt.engine.device import amp_dtype, autocast, use_channels_last
 from segadapt.engine.optim import build_optimizer, set_lr
@@ -74,7 +74,8 @@ class Trainer:
     """Runs ``method`` for ``cfg['optim']['iters']`` iterations, writing into ``out``."""
 
     def __init__(self, *, cfg: dict, method, label_space, source_items, target_items, out: Path, device,
-                 resume_ckpt: dict | None, extra_ckpt: dict | None = None):
+                 resume_ckpt: dict | None, extra_ckpt: dict | None = None, source_counts=None,
+                 source_label_lut=None):
         self.cfg, self.method, self.label_space = cfg, method, label_space
         self.out, self.device = Path(out), device
         self.seed = int(cfg["seed"])
@@ -94,10 +95,18 @@ class Trainer:
             self._restore(resume_ckpt)
         d = cfg["data"]
         crop, scale, flip = d["crop"], d.get("scale", [1.0, 1.0]), d.get("flip", True)
-        self.source_ds = TrainCrops(source_items, crop, scale, flip, base_size=d.get("source_size"))
+        self.source_ds = TrainCrops(source_items, crop, scale, flip, base_size=d.get("source_size"),
+                                    label_lut=source_label_lut)
         self.target_ds = (TrainCrops(target_items, crop, scale, flip, base_size=d.get("target_size"))
                           if target_items is not None else None)
         self.workers = int(d.get("workers", 0))
+        self.source_choice = None
+        rcs = d.get("rare_class_sampling") or {}
+        if rcs.get("enabled"):
+            if source_counts is None:
+                raise UsageError("rare-class sampling needs the source's class counts (stats/ of prepare-data)")
+            self.source_choice = RareClassSampling(source_counts, float(rcs.get("temperature", 0.01)),
+                                                   int(rcs.get("min_pixels", 3000)))
 
     # -- checkpointing -------------------------------------------------------------------------
     def _restore(self, ckpt: dict) -> None:
@@ -142,7 +151,8 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------
     def _streams(self):
         bs = int(self.cfg["data"]["batch_size"])
-        streams = {"source": make_stream(self.source_ds, bs, self.seed, 0, self.start, self.iters, self.workers)}
+        streams = {"source": make_stream(self.source_ds, bs, self.seed, 0, self.start, self.iters, self.workers,
+                                         choose=self.source_choice)}
         if self.method.target_batches is not None:
             if self.target_ds is None:
                 raise UsageError(f"method '{self.method.name}' needs target images (--target)")
