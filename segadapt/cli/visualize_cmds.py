@@ -25,17 +25,20 @@ def panels(
     pseudo_labels: Optional[Path] = typer.Option(None, "--pseudo-labels", help="Show a pseudo-label folder."),
     weights: str = typer.Option("student", "--weights", help="student, or teacher (the EMA model)."),
     scales: str = typer.Option("1.0", "--scales"),
+    size: Optional[str] = typer.Option(None, "--size", help="Run the model on images resized to WxH."),
     device: str = typer.Option("auto", "--device"),
 ):
     """Image | ground truth | prediction | error | confidence for the first N images of a split."""
     from segadapt.data.prepared import PreparedDataset
     from segadapt.engine.device import resolve_device
     from segadapt.engine.inference import Protocol
+    from segadapt.data.prepare.common import parse_resize
     from segadapt.viz.render import render_panels
 
     written = render_panels(PreparedDataset(data), split, out, n, ckpt=ckpt, pred_dir=pred_dir,
                             pseudo_labels=pseudo_labels, weights=weights, device=resolve_device(device),
-                            protocol=Protocol(scales=float_list(scales, "--scales")).validate())
+                            protocol=Protocol(scales=float_list(scales, "--scales")).validate(),
+                            size=parse_resize(size))
     typer.echo(json.dumps({"written": [str(p) for p in written]}))
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from segadapt.data.io import read_image, read_label, write_png
 from segadapt.engine.inference import Protocol, infer, load_model
@@ -15,7 +17,10 @@ from segadapt.viz.panels import legend, make_panel, stack_panels
 
 
 def render_panels(dataset, split: str, out: Path, n: int, ckpt=None, pred_dir=None, pseudo_labels=None,
-                  weights="student", device=torch.device("cpu"), protocol: Protocol | None = None) -> list[Path]:
+                  weights="student", device=torch.device("cpu"), protocol: Protocol | None = None,
+                  size: tuple[int, int] | None = None) -> list[Path]:
+    """``size`` (W, H): run the model on the image resized to it (as it was trained); the panel shows the
+    prediction at image resolution."""
     if sum(x is not None for x in (ckpt, pred_dir, pseudo_labels)) > 1:
         raise UsageError("give at most one of --ckpt, --pred-dir, --pseudo-labels")
     if n <= 0:
@@ -35,8 +40,13 @@ def render_panels(dataset, split: str, out: Path, n: int, ckpt=None, pred_dir=No
         label = read_label(lab_path) if lab_path is not None else None
         pred = conf = None
         if model is not None:
-            x = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255).to(device)
+            small = image
+            if size is not None and (image.shape[1], image.shape[0]) != tuple(size):
+                small = cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA)  # as evaluate does
+            x = torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1)[None].float().div(255).to(device)
             logits, _ = infer(model, x, protocol, ls.num_classes)
+            if logits.shape[-2:] != image.shape[:2]:
+                logits = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
             prob = logits.softmax(1)
             c, p = prob.max(1)
             pred, conf = p[0].cpu().numpy().astype(np.uint8), c[0].cpu().numpy()
