@@ -3,11 +3,19 @@
 Each converter lists its raw (image, label) pairs and a label-conversion function; the shared
 engine in ``common`` does the rest. The folder format is read by ``segadapt.data.prepared``."""
 
+from segadapt.data.prepare.bdd100k import prepare_bdd100k
+from segadapt.data.prepare.camvid import prepare_camvid
 from segadapt.data.prepare.cityscapes import prepare_cityscapes
 from segadapt.data.prepare.common import RawItem, LutLabels, parse_resize, prepare
+from segadapt.data.prepare.folder import prepare_folder
 from segadapt.data.prepare.gta5 import prepare_gta5
+from segadapt.data.prepare.mapillary import prepare_mapillary
+from segadapt.data.prepare.synthia import prepare_synthia
 
 # kind -> converter, for the CLI
-CONVERTERS = {"gta5": prepare_gta5, "cityscapes": prepare_cityscapes}
+CONVERTERS = {"gta5": prepare_gta5, "cityscapes": prepare_cityscapes, "synthia": prepare_synthia,
+              "bdd100k": prepare_bdd100k, "mapillary": prepare_mapillary, "camvid": prepare_camvid,
+              "folder": prepare_folder}
 
-__all__ = ["CONVERTERS", "LutLabels", "RawItem", "parse_resize", "prepare", "prepare_cityscapes", "prepare_gta5"]
+__all__ = ["CONVERTERS", "LutLabels", "RawItem", "parse_resize", "prepare", "prepare_bdd100k", "prepare_camvid",
+           "prepare_cityscapes", "prepare_folder", "prepare_gta5", "prepare_mapillary", "prepare_synthia"]

@@ -1,0 +1,109 @@
+"""CamVid, SegNet's 11-class version: ``RAW/{train,val,test}/*.png`` + ``RAW/{train,val,test}annot/*.png``.
+
+Labels are single-channel PNGs whose value is the class (0 sky ... 10 bicyclist, 11 = void ->
+ignore 255); any larger value means the file is not a SegNet CamVid label and the image is
+skipped as an invalid label. File names are ``<sequence>_<frame>.png``; ``sequences`` keeps only
+the frames of the named drives (CamVid's day -> dusk benchmark is split by sequence). A split
+without its ``annot`` folder is image-only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from segadapt.data.labelspace import CAMVID11, IGNORE
+from segadapt.data.prepare.common import RawItem, prepare
+from segadapt.errors import DataError, UsageError
+
+KIND = "camvid"
+LABEL_SPACE = "camvid11"
+DEFAULT_SPLITS = ("train", "val", "test")
+VOID = 11
+
+
+class CamVidLabels:
+    """0..10 -> the same trainId, 11 (void) -> 255, anything else -> DataError ("label invalid").
+    A class so that it pickles to worker processes."""
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        top = int(raw.max()) if raw.size else 0
+        if top > VOID:
+            bad = np.unique(raw[raw > VOID])
+            shown = ", ".join(str(int(v)) for v in bad[:8]) + (", ..." if bad.size > 8 else "")
+            raise DataError(f"label values {shown} are not CamVid classes (0..{CAMVID11.num_classes - 1}, "
+                            f"{VOID} = void)")
+        out = raw.astype(np.uint8)  # a copy: the raw array is not ours to modify
+        out[out == VOID] = IGNORE
+        return out
+
+
+def parse_sequences(sequences) -> list[str] | None:
+    """'0001TP,0006R0' or a list -> list of names; None / empty -> None (every frame)."""
+    if sequences is None:
+        return None
+    names = sequences.split(",") if isinstance(sequences, str) else list(sequences)
+    names = list(dict.fromkeys(str(s).strip() for s in names if str(s).strip()))
+    bad = [s for s in names if "_" in s or "/" in s or "\\" in s]
+    if bad:
+        raise UsageError(f"bad CamVid sequence name '{bad[0]}': use the part of the file name before '_', e.g. 0001TP")
+    return names or None
+
+
+def _sequence(name: str) -> str:
+    return name.split("_", 1)[0]
+
+
+def find_items(raw_root: str | Path, splits=None, sequences=None) -> tuple[list[RawItem], dict[str, bool]]:
+    """Items of the chosen splits (default: whichever of train/val/test exist), restricted to the
+    chosen sequences, and per split whether it has labels."""
+    raw = Path(os.path.abspath(Path(raw_root).expanduser()))
+    if not raw.is_dir():
+        raise DataError(f"CamVid raw folder {raw} does not exist")
+    seqs = parse_sequences(sequences)
+    if splits is None:
+        chosen = [s for s in DEFAULT_SPLITS if (raw / s).is_dir()]
+        if not chosen:
+            raise DataError(f"{raw} is not a CamVid folder: no {', '.join(DEFAULT_SPLITS)} folder "
+                            "(expected <split>/*.png and <split>annot/*.png)")
+    else:
+        chosen = list(dict.fromkeys([splits] if isinstance(splits, str) else splits))
+        if not chosen:
+            raise UsageError("no split chosen")
+        absent = [s for s in chosen if not (raw / s).is_dir() or s.endswith("annot")]
+        if absent:
+            have = sorted(p.name for p in raw.iterdir() if p.is_dir() and not p.name.endswith("annot"))
+            raise DataError(f"split {', '.join(absent)} not found in {raw} (available: {', '.join(have) or 'none'})")
+
+    items, has_labels, present = [], {}, set()
+    for s in chosen:
+        annot = raw / f"{s}annot"
+        labelled = annot.is_dir()
+        img = {p.stem for p in (raw / s).glob("*.png") if p.is_file()}
+        lab = {p.stem for p in annot.glob("*.png") if p.is_file()} if labelled else set()
+        if not img:
+            raise DataError(f"no images in {raw / s} (expected *.png)")
+        stems = img | lab  # a label without its image is listed, to be reported as "image missing"
+        present |= {_sequence(n) for n in stems}
+        if seqs is not None:
+            stems = {n for n in stems if any(n.startswith(f"{q}_") for q in seqs)}
+        if not stems:
+            continue
+        has_labels[s] = labelled
+        items += [RawItem(s, n, raw / s / f"{n}.png", annot / f"{n}.png" if labelled else None) for n in sorted(stems)]
+    if seqs is not None:
+        unmatched = [q for q in seqs if not any(it.id.startswith(f"{q}_") for it in items)]
+        if unmatched:
+            raise DataError(f"CamVid sequence {', '.join(unmatched)} has no frame in {', '.join(chosen)} "
+                            f"(sequences present: {', '.join(sorted(present)) or 'none'})")
+    return items, has_labels
+
+
+def prepare_camvid(raw_root, out, *, splits=None, sequences=None, resize=None, workers: int = 0,
+                   force: bool = False) -> dict:
+    """Prepare CamVid (SegNet 11 classes) into ``out``; returns the report (see ``common.prepare``)."""
+    items, has_labels = find_items(raw_root, splits, sequences)
+    return prepare(KIND, items, CamVidLabels(), LABEL_SPACE, raw_root, out,
+                   resize=resize, workers=workers, force=force, has_labels=has_labels)
