@@ -22,6 +22,10 @@ from segadapt.data.labelspace import IGNORE
 from segadapt.errors import DataError
 
 
+def _as_numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
 def _as_long_tensor(x) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.long()
@@ -55,9 +59,14 @@ class ConfusionMatrix:
 
     def update(self, pred, label) -> None:
         """Add one prediction/label pair (any shape, equal shapes; torch tensors or numpy arrays)."""
+        if pred.shape != label.shape:
+            raise DataError(f"prediction shape {tuple(pred.shape)} does not match label shape {tuple(label.shape)}")
+        on_cpu = not (isinstance(pred, torch.Tensor) and pred.is_cuda) and \
+            not (isinstance(label, torch.Tensor) and label.is_cuda)
+        if on_cpu:
+            self._update_numpy(_as_numpy(pred), _as_numpy(label))
+            return
         p, t = _as_long_tensor(pred), _as_long_tensor(label)
-        if p.shape != t.shape:
-            raise DataError(f"prediction shape {tuple(p.shape)} does not match label shape {tuple(t.shape)}")
         if p.device != t.device:
             p = p.to(t.device)
         c = self.num_classes
@@ -68,6 +77,30 @@ class ConfusionMatrix:
         counts = torch.bincount(t * (c + 1) + p, minlength=c * (c + 1)).reshape(c, c + 1)
         mat = self._ensure(counts.device)
         mat += counts.to(mat.device)
+
+    def _update_numpy(self, p: np.ndarray, t: np.ndarray) -> None:
+        """CPU path without boolean indexing: unscored pixels go to a scratch row C that is dropped,
+        out-of-range predictions to column C. uint8 maps (label files) take a 16-bit-code histogram,
+        several times faster again, which is what makes scoring thousands of 2048x1024 files cheap."""
+        c = self.num_classes
+        if t.dtype == np.uint8 and p.dtype == np.uint8:
+            # one 16-bit code per pixel and a 65536-bin histogram, folded into C x (C + 1) afterwards
+            code = (t.astype(np.uint16) << 8) | p
+            hist = np.bincount(code.ravel(), minlength=65536).reshape(256, 256)
+            rows = [i for i in range(min(c, 256)) if i != self.ignore_index]
+            counts = np.zeros((c, c + 1), np.int64)
+            counts[rows, :c] = hist[rows, :c]
+            counts[rows, c] = hist[rows, c:].sum(1)
+            mat = self._ensure(torch.device("cpu") if self._mat is None else self._mat.device)
+            mat += torch.from_numpy(counts).to(mat.device)
+            return
+        t, p = t.astype(np.int64), p.astype(np.int64)
+        tl = np.where((t >= 0) & (t < c) & (t != self.ignore_index), t, c)
+        pl = np.where((p >= 0) & (p < c), p, c)
+        idx = tl * (c + 1) + pl
+        counts = np.bincount(idx.ravel(), minlength=(c + 1) * (c + 1)).reshape(c + 1, c + 1)[:c]
+        mat = self._ensure(torch.device("cpu") if self._mat is None else self._mat.device)
+        mat += torch.from_numpy(counts.astype(np.int64)).to(mat.device)
 
     def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
         """Add another matrix's counts into this one (in place); returns self."""
