@@ -170,7 +170,7 @@ def test_spec_errors():
     with pytest.raises(UsageError, match="backbone"):
         build_model({"backbone": "vgg16"}, 5)
     with pytest.raises(UsageError, match="arch"):
-        build_model({"arch": "segformer"}, 5)
+        build_model({"arch": "pspnet"}, 5)
     with pytest.raises(UsageError, match="tiny"):
         build_model({"backbone": "tiny", "pretrained": "IMAGENET1K_V1"}, 5)
     with pytest.raises(UsageError, match="freeze_bn"):

@@ -1,14 +1,19 @@
 """Segmentation models. Every model maps images to logits *and* the feature map before the classifier:
 
     out = model(x)            # x: [B, 3, H, W], normalised RGB
-    out["logits"]             # [B, num_classes, ceil(H/8), ceil(W/8)]  (caller upsamples)
-    out["feat"]               # [B, feat_dim,    ceil(H/8), ceil(W/8)]
+    out["logits"]             # [B, num_classes, h, w]  (caller upsamples)
+    out["feat"]               # [B, feat_dim,    h, w]
     model.classify(feat)      # logits from a (possibly mixed) feature map, same path as forward
     model.param_groups()      # {"backbone": [...], "head": [...]}  (head gets 10x lr)
     model.spec                # resolved spec incl. defaults and num_classes, for checkpoints
 
-Architectures live in a small registry (``ARCHS``) so DeepLab-v3+ or SegFormer can be added as
-one module each providing ``KEYS``, ``resolve_spec(spec)`` and ``build(spec, num_classes)``.
+h, w = ceil(H/8), ceil(W/8) for ``deeplabv2``; ceil(H/4), ceil(W/4) for ``deeplabv3plus`` and
+``segformer``. Architectures live in a small registry (``ARCHS``): one module each providing
+``KEYS``, ``resolve_spec(spec)`` and ``build(spec, num_classes)``:
+
+- ``deeplabv2``: dilated ResNet + summed ASPP (DiGA, ProDA, PLCA); see ``deeplabv2.py``.
+- ``deeplabv3plus``: dilated ResNet, ASPP with image pooling, layer1 decoder; ``deeplabv3plus.py``.
+- ``segformer``: MiT-B0..B5 encoder with the SegFormer all-MLP or the DAFormer head; ``segformer.py``.
 """
 
 from __future__ import annotations
@@ -19,13 +24,13 @@ from types import ModuleType
 from torch import nn
 
 from segadapt.errors import UsageError
-from segadapt.models import deeplabv2
+from segadapt.models import deeplabv2, deeplabv3plus, segformer
 
-ARCHS: dict[str, ModuleType] = {"deeplabv2": deeplabv2}
+ARCHS: dict[str, ModuleType] = {"deeplabv2": deeplabv2, "deeplabv3plus": deeplabv3plus, "segformer": segformer}
 
-# Keys that change the weights' layout; the rest (pretrained, freeze_bn, dropout) only change
-# how a model is initialised or trained, so checkpoints stay interchangeable across them.
-_TRAINING_ONLY_KEYS = ("pretrained", "freeze_bn", "dropout")
+# Keys that change the weights' layout; the rest (pretrained, freeze_bn, dropout, drop_path) only
+# change how a model is initialised or trained, so checkpoints stay interchangeable across them.
+_TRAINING_ONLY_KEYS = ("pretrained", "freeze_bn", "dropout", "drop_path")
 
 
 def resolve_spec(spec: dict | None, num_classes: int | None = None) -> dict:
@@ -59,9 +64,13 @@ def resolve_spec(spec: dict | None, num_classes: int | None = None) -> dict:
 def build_model(spec: dict | None, num_classes: int) -> nn.Module:
     """Build a segmentation model.
 
-    Spec keys (all optional):
+    Spec keys (all optional; unknown keys for the chosen arch are a UsageError):
 
-    - ``arch``: ``deeplabv2`` (default; the only one so far).
+    - ``arch``: ``deeplabv2`` (default), ``deeplabv3plus`` or ``segformer``.
+    - ``num_classes``: accepted so ``build_model(model.spec, n)`` round-trips; must equal ``num_classes``.
+
+    ``deeplabv2``:
+
     - ``backbone``: ``resnet18 | resnet50 | resnet101`` (default; torchvision ResNets dilated to
       output stride 8) or ``tiny`` (a ResNet-like net of ~0.4M params, ~0.7M with its head, that
       trains on a CPU).
@@ -77,7 +86,21 @@ def build_model(spec: dict | None, num_classes: int) -> nn.Module:
     - ``freeze_bn``: keep backbone BatchNorm in eval mode with frozen affine params (default
       false; the papers' setting for batches of 1-2 crops). Needs a pretrained-capable backbone.
     - ``width``: base channel width of ``tiny`` (default 16; stages are w, 2w, 4w, 8w).
-    - ``num_classes``: accepted so ``build_model(model.spec, n)`` round-trips; must equal ``num_classes``.
+
+    ``deeplabv3plus`` (``backbone``, ``dropout``, ``pretrained``, ``freeze_bn`` as above; ResNets only):
+
+    - ``output_stride``: 8 (default, as DAFormer's DeepLab-v3+ baselines) or 16 (the paper's training setting).
+    - ``aspp_rates``: the three dilated ASPP branches (default [12, 24, 36] at stride 8, [6, 12, 18] at 16).
+    - ``feat_dim``: channels of the decoder's two 3x3 convs = ``feat`` (default 256).
+
+    ``segformer``:
+
+    - ``backbone``: ``mit_b0`` ... ``mit_b5`` (default ``mit_b5``).
+    - ``head``: ``segformer`` (all-MLP decoder, default) or ``daformer`` (context-aware ASPP fusion).
+    - ``feat_dim``: decoder width = ``feat`` channels (default 256; 768 for the segformer head on B1-B5).
+    - ``dropout``: before the classifier (default 0.1). ``drop_path``: stochastic depth (default 0.1).
+    - ``pretrained``: null or a local NVlabs ``mit_bX.pth`` (or mmseg-converted) encoder file.
+    - ``freeze_bn``: accepted only as false (MiT has no BatchNorm).
     """
     resolved = resolve_spec(spec, num_classes)
     model = ARCHS[resolved["arch"]].build(resolved, num_classes)
