@@ -10,17 +10,24 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True)
+_muted = False  # set on every rank but 0 of a multi-process run: one log, not N interleaved copies
+
+
+def mute() -> None:
+    global _muted
+    _muted = True
 
 
 def log(message: str) -> None:
-    console.print(message, highlight=False)
+    if not _muted:
+        console.print(message, highlight=False)
 
 
 @contextmanager
 def progress(total: int, description: str):
     """Yields ``advance(n=1, **fields)``. Silent when stderr is not a terminal or SEGADAPT_QUIET is set,
     so logs of shell pipelines are not flooded with bar redraws."""
-    enabled = sys.stderr.isatty() and not os.environ.get("SEGADAPT_QUIET")
+    enabled = sys.stderr.isatty() and not os.environ.get("SEGADAPT_QUIET") and not _muted
     if not enabled:
         yield lambda n=1, **kw: None
         return

@@ -13,12 +13,13 @@ from segadapt.console import log
 from segadapt.data.datasets import pseudo_label_items
 from segadapt.data.labelspace import IGNORE, class_map_lut
 from segadapt.data.prepared import PreparedDataset
-from segadapt.engine.checkpoint import file_sha256
+from segadapt.engine import distributed as D
+from segadapt.engine.checkpoint import RunLock, file_sha256
 from segadapt.engine.device import resolve_device
 from segadapt.engine.inference import load_model
 from segadapt.engine.pseudo_label import load_pseudo_labels
 from segadapt.engine.trainer import Trainer, check_resume_config, load_resume, prepare_run_dir, seed_everything
-from segadapt.errors import DataError, UsageError
+from segadapt.errors import DataError, SegadaptError, UsageError
 from segadapt.methods import method_class
 from segadapt.models import model_signature
 from segadapt.models.segmenter import build_segmenter
@@ -94,7 +95,18 @@ def _target_items(tgt, cfg):
 
 
 def _start(out: Path, cfg: dict, resume: bool, force: bool):
-    resuming = prepare_run_dir(out, resume, force)
+    """Lock and check the run folder on rank 0, then load the checkpoint to resume on every rank."""
+    outcome = None
+    if D.info().is_main:
+        try:
+            RunLock(out).acquire()
+            outcome = prepare_run_dir(out, resume, force)
+        except SegadaptError as e:
+            outcome = e
+    outcome = D.broadcast_object(outcome)  # the other ranks fail with rank 0's error instead of hanging
+    if isinstance(outcome, SegadaptError):
+        raise outcome
+    resuming = outcome
     ckpt = None
     if resuming:
         ckpt = load_resume(out)
@@ -105,15 +117,31 @@ def _start(out: Path, cfg: dict, resume: bool, force: bool):
     return ckpt
 
 
+def _sync_bn(student, cfg: dict, device):
+    """BatchNorm over the global batch when asked for and several GPUs train together."""
+    if not cfg["train"].get("sync_bn") or D.info().world_size == 1:
+        return student
+    if device.type != "cuda":
+        raise UsageError("train.sync_bn needs CUDA GPUs (torch's SyncBatchNorm does not run on CPU)")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
+
+
 def run_warmup(*, config: str, source: Path, target: Path | None, out: Path, overrides=(), method=None, iters=None,
                resume=False, force=False) -> dict:
     cfg = resolve_train_config(config, list(overrides), method, iters, "warmup")
     src, tgt = _open_pair(source, target, cfg)
     resume_ckpt = _start(out, cfg, resume, force)
+    try:
+        return _warmup(cfg, src, tgt, out, resume_ckpt)
+    finally:
+        RunLock.release_folder(out)
+
+
+def _warmup(cfg, src, tgt, out, resume_ckpt) -> dict:
     seed_everything(int(cfg["seed"]))
     device = resolve_device(cfg["train"].get("device", "auto"))
     label_space = src.label_space
-    student = build_segmenter(cfg["model"], label_space.num_classes)
+    student = _sync_bn(build_segmenter(cfg["model"], label_space.num_classes), cfg, device)
     method_obj = method_class("warmup", cfg["method"])(cfg[cfg["method"]], student, label_space.num_classes)
     if method_obj.target_batches is not None and tgt is None:
         raise UsageError(f"warm-up method '{cfg['method']}' needs target images: pass --target")
@@ -149,12 +177,26 @@ def run_self_train(*, config: str, ckpt: Path, pseudo_labels: Path, source: Path
         raise DataError(f"pseudo-labels in {pseudo_labels} were made by another checkpoint ({manifest.get('checkpoint')}); "
                         "pass --allow-other-checkpoint if that is intended")
     resume_ckpt = _start(out, cfg, resume, force)
+    try:
+        return _self_train(cfg, src, tgt, out, resume_ckpt, device, init_model, init_ls, ckpt, sha, pseudo_labels,
+                           prototypes, tsplit)
+    finally:
+        RunLock.release_folder(out)
+
+
+def _self_train(cfg, src, tgt, out, resume_ckpt, device, init_model, init_ls, ckpt, sha, pseudo_labels, prototypes,
+                tsplit) -> dict:
     seed_everything(int(cfg["seed"]))
     student = build_segmenter(cfg["model"], init_ls.num_classes)
     student.load_state_dict(init_model.state_dict())
+    student = _sync_bn(student, cfg, device)
     method_obj = method_class("self-train", cfg["method"])(cfg[cfg["method"]], student, init_ls.num_classes,
                                                            prototypes=prototypes)
-    target_items = pseudo_label_items(tgt.items(tsplit), pseudo_labels)
+    # methods that threshold pseudo-labels read each crop's confidence and the folder's statistics
+    needs_conf = bool(getattr(method_obj, "needs_confidence", False))
+    if hasattr(method_obj, "attach_pseudo_labels"):
+        method_obj.attach_pseudo_labels(Path(pseudo_labels))
+    target_items = pseudo_label_items(tgt.items(tsplit), pseudo_labels, with_confidence=needs_conf)
     trainer = Trainer(cfg=cfg, method=method_obj, label_space=src.label_space,
                       source_items=src.items(), target_items=target_items,
                       out=out, device=device, resume_ckpt=resume_ckpt,

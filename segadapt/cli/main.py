@@ -38,11 +38,28 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     pass
 
 
+def _join_process_group() -> int:
+    """Under torchrun (WORLD_SIZE > 1): join the group; ranks other than 0 print nothing on stdout and
+    log nothing, so scripts read one result. Returns the rank."""
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+        return 0
+    from segadapt.console import mute
+    from segadapt.engine.distributed import init_from_env
+
+    rank = init_from_env().rank
+    if rank != 0:
+        mute()
+        sys.stdout = open(os.devnull, "w")
+    return rank
+
+
 def run() -> None:
+    rank = 0
     try:
+        rank = _join_process_group()
         app(standalone_mode=False)
     except SegadaptError as e:
-        _fail(str(e), e.exit_code)
+        _fail(str(e), e.exit_code, rank)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:
@@ -60,9 +77,15 @@ def run() -> None:
             _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e), 1)
         _fail(f"internal error ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
               "set SEGADAPT_DEBUG=1 for the traceback", 1)
+    finally:
+        if rank or os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+            from segadapt.engine.distributed import shutdown
+
+            shutdown()
     sys.exit(0)
 
 
-def _fail(message: str, code: int) -> None:
-    print(f"segadapt: error: {message}", file=sys.stderr)
+def _fail(message: str, code: int, rank: int = 0) -> None:
+    if rank == 0:  # every rank meets the same error; one line is enough
+        print(f"segadapt: error: {message}", file=sys.stderr)
     sys.exit(code)

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from segadapt.data.io import read_image, read_label
 from segadapt.data.labelspace import IGNORE
+from segadapt.errors import DataError
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -25,7 +26,10 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 class TrainCrops(Dataset):
     """Random-scale, random-crop, random-flip crops of (image, label) pairs.
 
-    ``items``: list of (id, image_path, label_path or None). Indexed by (index, seed) pairs from
+    ``items``: list of (id, image_path, label_path or None), or (id, image_path, label_path,
+    confidence_path) for pseudo-labels with their confidence map (uint16 PNG, conf * 65535): the
+    confidence then goes through the same resize / crop / flip as the label and the sample carries it
+    as ``confidence`` (float32 in [0, 1], 0 on padding). Indexed by (index, seed) pairs from
     :class:`segadapt.data.sampling.IterationBatchSampler`, so augmentation is reproducible.
     Images without labels get an all-ignore label (target images used without labels)."""
 
@@ -42,7 +46,7 @@ class TrainCrops(Dataset):
         return len(self.items)
 
     def _load(self, idx: int):
-        _id, img_path, lab_path = self.items[idx]
+        _id, img_path, lab_path = self.items[idx][:3]
         image = read_image(img_path)
         if lab_path is not None:
             label = read_label(lab_path)
@@ -57,34 +61,56 @@ class TrainCrops(Dataset):
             label = cv2.resize(label, tuple(self.base_size), interpolation=cv2.INTER_NEAREST)
         return image, label
 
+    def _load_confidence(self, idx: int, shape) -> np.ndarray | None:
+        """The item's confidence map (uint16) at the label's (already resized) shape, or None."""
+        if len(self.items[idx]) < 4 or self.items[idx][3] is None:
+            return None
+        conf = read_label(self.items[idx][3])
+        if conf.dtype != np.uint16:
+            raise DataError(f"confidence map {self.items[idx][3]} is {conf.dtype}; expected uint16 (conf * 65535)")
+        if conf.shape[:2] != tuple(shape):  # nearest: stored values stay exact, as for the label
+            conf = cv2.resize(conf, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+        return conf
+
     def __getitem__(self, key):
         idx, seed = key
         rng = np.random.default_rng(seed)
         image, label = self._load(idx)
+        conf = self._load_confidence(idx, label.shape)
+        extra = () if conf is None else (conf,)  # transformed exactly like the label
         s = rng.uniform(*self.scale)
         if abs(s - 1.0) > 1e-6:
             h, w = label.shape
             size = (max(1, round(w * s)), max(1, round(h * s)))
             image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
             label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
-        image, label = random_crop(image, label, self.crop, rng)
+            extra = tuple(cv2.resize(e, size, interpolation=cv2.INTER_NEAREST) for e in extra)
+        image, label, *extra = random_crop(image, label, self.crop, rng, *extra)
         if self.flip and rng.random() < 0.5:
             image, label = image[:, ::-1], label[:, ::-1]
-        return {"image": to_tensor(image), "label": torch.from_numpy(np.ascontiguousarray(label)).long(),
-                "index": idx}
+            extra = [e[:, ::-1] for e in extra]
+        out = {"image": to_tensor(image), "label": torch.from_numpy(np.ascontiguousarray(label)).long(),
+               "index": idx}
+        if extra:
+            # float32(u16) / float32(65535): thresholds built the same way compare exactly
+            out["confidence"] = torch.from_numpy(np.ascontiguousarray(extra[0]).astype(np.float32) / np.float32(65535))
+        return out
 
 
-def random_crop(image: np.ndarray, label: np.ndarray, crop: tuple[int, int], rng: np.random.Generator):
+def random_crop(image: np.ndarray, label: np.ndarray, crop: tuple[int, int], rng: np.random.Generator, *extras):
+    """Crop image, label and any ``extras`` (per-pixel maps such as confidence, padded with 0) at one
+    random position; returns (image, label, *extras)."""
     ch, cw = crop
     h, w = label.shape
     if h < ch or w < cw:  # pad: image with 0, label with ignore, so padding never trains
         ph, pw = max(0, ch - h), max(0, cw - w)
         image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
         label = np.pad(label, ((0, ph), (0, pw)), constant_values=IGNORE)
+        extras = tuple(np.pad(e, ((0, ph), (0, pw))) for e in extras)
         h, w = label.shape
     y = int(rng.integers(0, h - ch + 1))
     x = int(rng.integers(0, w - cw + 1))
-    return image[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw]
+    return (image[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw], *(e[y:y + ch, x:x + cw] for e in extras))
 
 
 class InferenceImages(Dataset):
@@ -109,10 +135,14 @@ class InferenceImages(Dataset):
         return out
 
 
-def pseudo_label_items(items, pl_root: Path):
-    """Replace the label of each target item by its pseudo-label file."""
+def pseudo_label_items(items, pl_root: Path, with_confidence: bool = False):
+    """Replace the label of each target item by its pseudo-label file; ``with_confidence`` adds the
+    item's confidence map as a 4th entry (for methods that threshold pseudo-labels)."""
     out = []
     for _id, img_path, _lab in items:
         p = Path(pl_root) / "labels" / f"{_id}.png"
-        out.append((_id, img_path, p))
+        if with_confidence:
+            out.append((_id, img_path, p, Path(pl_root) / "confidence" / f"{_id}.png"))
+        else:
+            out.append((_id, img_path, p))
     return out

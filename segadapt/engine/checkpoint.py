@@ -3,6 +3,7 @@ atomically (temporary file, fsync, rename) so a kill during a save never leaves 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -68,3 +69,64 @@ def set_rng_state(state: dict) -> None:
         torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RunLock:
+    """An exclusive lock on an output folder (``OUT/.lock``), held while a stage writes there.
+
+    ``flock`` locks die with their process, so a run killed with ``kill -9`` leaves no stale lock to
+    clean up, while a second run started on the same folder is refused at once instead of
+    interleaving checkpoints with the first. The file records the holder's host and pid for the
+    message."""
+
+    _held: dict[str, "RunLock"] = {}  # locks this process holds, until the stage ends (``release_folder``)
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / ".lock"
+        self.fd = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+        import socket
+
+        key = str(self.path.resolve())
+        if key in RunLock._held:
+            return RunLock._held[key]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)  # a file system without locks (some NFS set-ups): run unprotected rather than not at all
+                from segadapt.console import log
+
+                log(f"note: cannot lock {self.path} ({e.strerror}); make sure no other run writes there")
+                return self
+            try:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise DataError(f"another segadapt run ({holder}) is writing into {self.path.parent}; "
+                            "wait for it to finish or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"host {socket.gethostname()} pid {os.getpid()}".encode())
+        self.fd = fd
+        RunLock._held[key] = self
+        return self
+
+    @classmethod
+    def release_folder(cls, folder: Path) -> None:
+        """Release this process's lock on ``folder``, if it holds one (end of a stage run in-process)."""
+        held = cls._held.get(str((Path(folder) / ".lock").resolve()))
+        if held is not None:
+            held.release()
+
+    def release(self) -> None:
+        if self.fd is not None:
+            import fcntl
+
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            RunLock._held.pop(str(self.path.resolve()), None)
+            self.fd = None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from segadapt.console import progress
 from segadapt.data.datasets import InferenceImages
 from segadapt.data.io import read_label
 from segadapt.data.labelspace import protocol_indices
+from segadapt.engine import distributed as D
 from segadapt.engine.inference import Protocol, infer, load_model
 from segadapt.engine.metrics import ConfusionMatrix, compute
 from segadapt.errors import DataError
@@ -55,8 +58,9 @@ def evaluate_checkpoint(ckpt_path, dataset, split: str, protocol: Protocol, weig
     items = dataset.items(split)[:limit] if limit else dataset.items(split)
     cm = ConfusionMatrix(label_space.num_classes)
     t0 = time.time()
-    loader = DataLoader(InferenceImages(items, base_size=size), batch_size=1, num_workers=workers)
-    with progress(len(items), f"evaluate {split}") as advance:
+    mine = D.shard(items)  # under torchrun each rank scores every world_size-th image; counts are summed
+    loader = DataLoader(InferenceImages(mine, base_size=size), batch_size=1, num_workers=workers)
+    with progress(len(mine), f"evaluate {split}") as advance:
         for batch in loader:
             logits, _ = infer(model, batch["image"].to(device), protocol, label_space.num_classes, amp=amp)
             label = batch["label"].to(device)
@@ -64,6 +68,7 @@ def evaluate_checkpoint(ckpt_path, dataset, split: str, protocol: Protocol, weig
                 logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
             cm.update(logits.argmax(1), label)
             advance(1)
+    cm.all_reduce()
     result = score(cm, label_space, classes)
     result.update(num_images=len(items), seconds=round(time.time() - t0, 3), label_space=label_space.name,
                   protocol={"source": "checkpoint", "checkpoint": str(Path(ckpt_path).resolve()),
@@ -90,15 +95,22 @@ def evaluate_predictions(pred_dir, dataset, split: str, classes: str = "all") ->
     ls = dataset.label_space
     cm = ConfusionMatrix(ls.num_classes)
     t0 = time.time()
-    with progress(len(items), f"evaluate {split}") as advance:
-        for _id, _img, lab_path in items:
-            pred = read_label(pred_dir / f"{_id}.png")
-            label = read_label(lab_path)
+    mine = D.shard(items)
+
+    def load(item):
+        _id, _img, lab_path = item
+        return _id, read_label(pred_dir / f"{_id}.png"), read_label(lab_path)
+
+    # PNG decoding dominates; OpenCV releases the GIL, so a few threads decode while one counts
+    with progress(len(mine), f"evaluate {split}") as advance, \
+            ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        for _id, pred, label in pool.map(load, mine):
             if pred.shape != label.shape:
                 raise DataError(f"prediction {_id}.png is {pred.shape[1]}x{pred.shape[0]}, its label "
                                 f"{label.shape[1]}x{label.shape[0]}; predictions must be at label resolution")
-            cm.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(label.astype(np.int64)))
+            cm.update(pred, label)
             advance(1)
+    cm.all_reduce()
     result = score(cm, ls, classes)
     result.update(num_images=len(items), seconds=round(time.time() - t0, 3), label_space=ls.name,
                   protocol={"source": "predictions", "pred_dir": str(pred_dir.resolve()),

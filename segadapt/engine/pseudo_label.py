@@ -2,10 +2,13 @@
 and class prototypes (per-class mean feature over pixels predicted as that class).
 
 Folder contract:  labels/<id>.png (uint8, 255 = ignored), confidence/<id>.png (uint16, conf * 65535),
-prototypes.pt, manifest.json. Memory does not grow with the number of images: labels go to disk as
-they are made, prototype sums are fixed-size. A kill loses nothing finished: each image's prototype
-contribution is appended to ``accumulator.bin`` only after its files are written, and a re-run skips
-every image recorded there. A folder made by another checkpoint or protocol is refused unless forced.
+prototypes.pt, confidence_hist.npy, manifest.json. Memory does not grow with the number of images:
+labels go to disk as they are made, prototype sums and the per-class confidence histogram
+(``confidence_hist.npy``: int64 (classes, CONF_BINS), pixels predicted as class c whose stored
+confidence falls in bin b; class-balanced thresholds are read from it) are fixed-size. A kill loses
+nothing finished: each image's prototype and histogram contribution is appended to ``accumulator.bin``
+only after its files are written, and a re-run skips every image recorded there. A folder made by
+another checkpoint or protocol is refused unless forced.
 """
 
 from __future__ import annotations
@@ -24,58 +27,91 @@ from torch.utils.data import DataLoader
 from segadapt.console import log, progress
 from segadapt.data.datasets import InferenceImages
 from segadapt.data.io import read_json, write_json, write_png
-from segadapt.engine.checkpoint import file_sha256
+from segadapt.engine import distributed as D
+from segadapt.engine.checkpoint import RunLock, file_sha256
 from segadapt.engine.inference import Protocol, infer, load_model
-from segadapt.errors import DataError
+from segadapt.errors import DataError, SegadaptError
 
 MANIFEST_FORMAT = "segadapt-pseudo-labels"
 _ID_BYTES = 256
+#: bins of the per-class confidence histogram over [0, 1]: class-balanced thresholds are exact to 1/CONF_BINS
+CONF_BINS = 1000
+CONF_SCALE = 65535  # confidence/<id>.png stores round(conf * CONF_SCALE) as uint16
+HIST_FILE = "confidence_hist.npy"
+
+
+def confidence_bins(conf_u16: torch.Tensor, bins: int = CONF_BINS) -> torch.Tensor:
+    """Bin of each stored (uint16) confidence: floor(conf * bins), conf = 1 in the last bin. Integer
+    arithmetic on the stored value, so training can compare against a bin edge without rounding doubt."""
+    return (conf_u16.long() * bins // CONF_SCALE).clamp_(max=bins - 1)
+
+
+def confidence_histogram(label: torch.Tensor, conf_u16: torch.Tensor, num_classes: int,
+                         bins: int = CONF_BINS) -> torch.Tensor:
+    """(num_classes, bins) int64: pixels with label c and stored confidence in bin b (ignored pixels skipped)."""
+    lab = label.reshape(-1).long()
+    b = confidence_bins(conf_u16.reshape(-1), bins)
+    keep = lab < num_classes
+    flat = torch.bincount(lab[keep] * bins + b[keep], minlength=num_classes * bins)
+    return flat.view(num_classes, bins)
 
 
 class Accumulator:
-    """Per-class feature sums and pixel counts, with an append-only on-disk log of per-image records
-    (id, counts, sums) so that a resumed run rebuilds the exact totals without recomputing."""
+    """Per-class feature sums, pixel counts and confidence histograms, with an append-only on-disk log of
+    per-image records (id, counts, sums, histogram) so that a resumed run rebuilds the exact totals
+    without recomputing. The histogram is stored as int32 per image (an image has < 2^31 pixels) to
+    keep the log small; totals are int64."""
 
-    def __init__(self, path: Path, num_classes: int, feat_dim: int):
-        self.path, self.c, self.d = path, num_classes, feat_dim
-        self.record = _ID_BYTES + 8 * num_classes + 8 * num_classes * feat_dim
+    def __init__(self, path: Path, num_classes: int, feat_dim: int, bins: int = CONF_BINS):
+        self.path, self.c, self.d, self.bins = path, num_classes, feat_dim, bins
+        self.record = _ID_BYTES + 8 * num_classes + 8 * num_classes * feat_dim + 4 * num_classes * bins
         self.sums = np.zeros((num_classes, feat_dim), np.float64)
         self.counts = np.zeros(num_classes, np.int64)
+        self.hist = np.zeros((num_classes, bins), np.int64)
         self.done: set[str] = set()
 
-    def load(self) -> None:
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        n = len(data) // self.record  # a truncated last record (killed mid-append) is dropped
-        for i in range(n):
-            rec = data[i * self.record:(i + 1) * self.record]
-            self._add(*self._unpack(rec))
-        if n * self.record != len(data):
-            with open(self.path, "r+b") as f:
-                f.truncate(n * self.record)
+    def load(self, paths=None) -> None:
+        """Add the records of ``paths`` (default: this log). A multi-process run keeps one log per rank,
+        ``accumulator.bin`` and ``accumulator.<rank>.bin``; any run, of any process count, reads them all."""
+        for path in (paths if paths is not None else [self.path]):
+            if not path.exists():
+                continue
+            data = path.read_bytes()
+            n = len(data) // self.record  # a truncated last record (killed mid-append) is dropped
+            for i in range(n):
+                _id, counts, sums, hist = self._unpack(data[i * self.record:(i + 1) * self.record])
+                if _id not in self.done:  # an image recorded twice (two logs) counts once
+                    self._add(_id, counts, sums, hist)
+            if n * self.record != len(data):
+                with open(path, "r+b") as f:
+                    f.truncate(n * self.record)
 
     def _unpack(self, rec: bytes):
         (length,) = struct.unpack("<H", rec[:2])
         _id = rec[2:2 + length].decode()
         off = _ID_BYTES
         counts = np.frombuffer(rec[off:off + 8 * self.c], np.int64)
-        sums = np.frombuffer(rec[off + 8 * self.c:], np.float64).reshape(self.c, self.d)
-        return _id, counts, sums
+        off += 8 * self.c
+        sums = np.frombuffer(rec[off:off + 8 * self.c * self.d], np.float64).reshape(self.c, self.d)
+        off += 8 * self.c * self.d
+        hist = np.frombuffer(rec[off:], np.int32).reshape(self.c, self.bins)
+        return _id, counts, sums, hist
 
-    def _add(self, _id, counts, sums) -> None:
+    def _add(self, _id, counts, sums, hist) -> None:
         self.counts += counts
         self.sums += sums
+        self.hist += hist
         self.done.add(_id)
 
-    def append(self, _id: str, counts: np.ndarray, sums: np.ndarray, handle) -> None:
+    def append(self, _id: str, counts: np.ndarray, sums: np.ndarray, hist: np.ndarray, handle) -> None:
         raw = _id.encode()
         if len(raw) > _ID_BYTES - 2:
             raise DataError(f"image id too long for the pseudo-label log: {_id}")
         head = struct.pack("<H", len(raw)) + raw
-        handle.write(head.ljust(_ID_BYTES, b"\0") + counts.astype(np.int64).tobytes() + sums.astype(np.float64).tobytes())
+        handle.write(head.ljust(_ID_BYTES, b"\0") + counts.astype(np.int64).tobytes() + sums.astype(np.float64).tobytes()
+                     + hist.astype(np.int32).tobytes())
         handle.flush()
-        self._add(_id, counts, sums)
+        self._add(_id, counts, sums, hist)
 
     def prototypes(self) -> torch.Tensor:
         return torch.from_numpy(self.sums / np.maximum(self.counts, 1)[:, None]).float()
@@ -88,7 +124,8 @@ def _check_existing(out: Path, manifest: dict, force: bool) -> None:
             raise DataError(f"{out} holds pseudo-labels without a manifest; use --force to replace them")
         return
     old = read_json(path)
-    fields = ("checkpoint_sha256", "weights", "protocol", "data", "split")
+    # confidence_bins: the accumulator's record layout (a folder from before the histogram is redone)
+    fields = ("checkpoint_sha256", "weights", "protocol", "data", "split", "confidence_bins")
     diff = [k for k in fields if old.get(k) != manifest.get(k)]
     if diff and not force:
         what = "checkpoint" if "checkpoint_sha256" in diff else ", ".join(diff)
@@ -96,8 +133,10 @@ def _check_existing(out: Path, manifest: dict, force: bool) -> None:
     if diff:
         for sub in ("labels", "confidence"):
             shutil.rmtree(out / sub, ignore_errors=True)
-        for f in ("accumulator.bin", "prototypes.pt", "manifest.json"):
+        for f in ("prototypes.pt", HIST_FILE, "manifest.json"):
             (out / f).unlink(missing_ok=True)
+        for f in out.glob("accumulator*.bin"):
+            f.unlink()
 
 
 def generate(ckpt_path: Path, dataset, split: str, out: Path, protocol: Protocol, weights: str, device,
@@ -115,26 +154,46 @@ def generate(ckpt_path: Path, dataset, split: str, out: Path, protocol: Protocol
         "checkpoint": str(ckpt_path.resolve()), "checkpoint_sha256": file_sha256(ckpt_path),
         "weights": ckpt["weights_used"], "protocol": {**protocol.to_dict(), "size": list(size) if size else None},
         "data": str(Path(dataset.root).resolve()), "split": split, "label_space": label_space.name,
-        "num_images": len(items),
+        "num_images": len(items), "confidence_bins": CONF_BINS,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    _check_existing(out, manifest, force)
-    (out / "labels").mkdir(exist_ok=True)
-    (out / "confidence").mkdir(exist_ok=True)
+    rank = D.info()
+    problem = None
+    if rank.is_main:  # rank 0 checks (and with --force clears) the folder while the others wait
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            RunLock(out).acquire()
+            _check_existing(out, manifest, force)
+            (out / "labels").mkdir(exist_ok=True)
+            (out / "confidence").mkdir(exist_ok=True)
+        except SegadaptError as e:
+            problem = e
+    problem = D.broadcast_object(problem)
+    if problem is not None:
+        raise problem
 
+    try:
+        return _generate(model, label_space, items, out, manifest, protocol, device, workers, amp, size, rank)
+    finally:
+        RunLock.release_folder(out)
+
+
+def _generate(model, label_space, items, out, manifest, protocol, device, workers, amp, size, rank) -> dict:
     c = label_space.num_classes
     feat_dim = int(model.spec["feat_dim"])
-    acc = Accumulator(out / "accumulator.bin", c, feat_dim)
-    acc.load()
+    logs = sorted(out.glob("accumulator*.bin"))
+    my_log = out / ("accumulator.bin" if rank.rank == 0 else f"accumulator.{rank.rank}.bin")
+    acc = Accumulator(my_log, c, feat_dim)
+    acc.load(logs)
     todo = [it for it in items if it[0] not in acc.done]
     if acc.done:
         log(f"resuming: {len(items) - len(todo)} of {len(items)} images already done")
+    todo = D.shard(todo)  # under torchrun each rank labels every world_size-th remaining image
 
     loader = DataLoader(InferenceImages([(i, p, None) for i, p, _ in todo], base_size=size), batch_size=1,
                         num_workers=workers)
     t0 = time.time()
     # PNG encoding runs in threads (OpenCV releases the GIL) so the model never waits for the disk
-    with ThreadPoolExecutor(max_workers=2) as pool, open(out / "accumulator.bin", "ab") as handle, \
+    with ThreadPoolExecutor(max_workers=2) as pool, open(my_log, "ab") as handle, \
             progress(len(todo), "pseudo-label") as advance:
         pending = []
         for batch in loader:
@@ -153,33 +212,44 @@ def generate(ckpt_path: Path, dataset, split: str, out: Path, protocol: Protocol
             counts = torch.bincount(label.reshape(-1), minlength=c)
             _id = batch["id"][0]
             lab_np = label[0].to(torch.uint8).cpu().numpy()
-            conf_np = (conf[0] * 65535).round().to(torch.int32).cpu().numpy().astype(np.uint16)
+            conf_q = (conf[0] * CONF_SCALE).round().to(torch.int32)
+            # histogram of the values as stored, so thresholds derived from it match the files exactly
+            hist = confidence_histogram(label[0], conf_q, c)
+            conf_np = conf_q.cpu().numpy().astype(np.uint16)
             futs = [pool.submit(write_png, out / "labels" / f"{_id}.png", lab_np, False),
                     pool.submit(write_png, out / "confidence" / f"{_id}.png", conf_np, False)]
-            pending.append((_id, futs, counts.cpu().numpy(), sums.cpu().numpy()))
+            pending.append((_id, futs, counts.cpu().numpy(), sums.cpu().numpy(), hist.cpu().numpy()))
             # record an image only once its files are on disk; keep at most a few in flight
             while pending and (len(pending) > 4 or all(fu.done() for fu in pending[0][1])):
-                pid, pf, pc, ps = pending.pop(0)
+                pid, pf, pc, ps, ph = pending.pop(0)
                 for fu in pf:
                     fu.result()
-                acc.append(pid, pc, ps, handle)
+                acc.append(pid, pc, ps, ph, handle)
             advance(1)
-        for pid, pf, pc, ps in pending:
+        for pid, pf, pc, ps, ph in pending:
             for fu in pf:
                 fu.result()
-            acc.append(pid, pc, ps, handle)
+            acc.append(pid, pc, ps, ph, handle)
         handle.flush()
         os.fsync(handle.fileno())
 
+    D.barrier()  # every rank's images are on disk and logged; rank 0 sums all logs and writes the rest
+    if not rank.is_main:
+        return D.broadcast_object(None)  # rank 0's final manifest
+    acc = Accumulator(out / "accumulator.bin", c, feat_dim)
+    acc.load(sorted(out.glob("accumulator*.bin")))
     torch.save({"prototypes": acc.prototypes(), "counts": torch.from_numpy(acc.counts.copy()),
                 "feat_dim": feat_dim, "label_space": label_space.name}, out / ".prototypes.pt.tmp")
     os.replace(out / ".prototypes.pt.tmp", out / "prototypes.pt")
+    with open(out / f".{HIST_FILE}.tmp", "wb") as f:
+        np.save(f, acc.hist)
+    os.replace(out / f".{HIST_FILE}.tmp", out / HIST_FILE)
     manifest["class_pixels"] = {name: int(n) for name, n in zip(label_space.classes, acc.counts)}
     manifest["complete"] = len(acc.done) >= len(items)
     manifest["seconds"] = round(time.time() - t0, 3)
     write_json(out / "manifest.json", manifest)
     log(f"pseudo-labels for {len(items)} images in {out} ({len(todo)} computed now, {time.time() - t0:.1f}s)")
-    return manifest
+    return D.broadcast_object(manifest)
 
 
 def load_pseudo_labels(pl_dir: Path, dataset, split: str) -> tuple[dict, torch.Tensor | None]:
@@ -200,3 +270,17 @@ def load_pseudo_labels(pl_dir: Path, dataset, split: str) -> tuple[dict, torch.T
         protos = torch.load(pl_dir / "prototypes.pt", map_location="cpu", weights_only=True)["prototypes"]
     return manifest, protos
 
+
+
+def load_confidence_histogram(pl_dir: Path) -> np.ndarray:
+    """The folder's per-class confidence histogram, int64 (classes, bins) (see the module docstring)."""
+    path = Path(pl_dir) / HIST_FILE
+    if not path.is_file():
+        raise DataError(f"{pl_dir} has no {HIST_FILE} (made by an older segadapt); re-run pseudo-label with --force")
+    try:
+        hist = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    if hist.ndim != 2 or hist.dtype.kind not in "iu":
+        raise DataError(f"{path} is not a (classes, bins) integer histogram")
+    return hist.astype(np.int64)

@@ -24,6 +24,7 @@ from segadapt.data.datasets import TrainCrops
 from segadapt.data.io import write_text
 from segadapt.data.sampling import RareClassSampling, make_stream, sample_seed
 from segadapt.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from segadapt.engine import distributed as D
 from segadapt.engine.device import amp_dtype, autocast, use_channels_last
 from segadapt.engine.optim import build_optimizer, set_lr
 from segadapt.errors import DataError, UsageError
@@ -45,6 +46,8 @@ def prepare_run_dir(out: Path, resume: bool, force: bool) -> bool:
             (out / f).unlink(missing_ok=True)
         has_ckpt = False
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".last.pt.*.tmp"):  # a checkpoint write cut short by kill -9; last.pt is intact
+        stale.unlink(missing_ok=True)
     return has_ckpt and resume
 
 
@@ -78,6 +81,7 @@ class Trainer:
                  source_label_lut=None):
         self.cfg, self.method, self.label_space = cfg, method, label_space
         self.out, self.device = Path(out), device
+        self.dist = D.info()  # rank 0 alone writes; every rank trains on its slice of the global batch
         self.seed = int(cfg["seed"])
         self.iters = int(cfg["optim"]["iters"])
         tcfg = cfg["train"]
@@ -88,7 +92,12 @@ class Trainer:
             m.to(device)
             if self.channels_last:
                 m.to(memory_format=torch.channels_last)
+        for m in method.modules().values():  # every rank starts from rank 0's weights
+            D.broadcast_module_(m)
         self.optimizer = build_optimizer(method.param_groups(), cfg["optim"])
+        self.accum = int(tcfg.get("grad_accum", 1))
+        if self.accum < 1:
+            raise UsageError(f"train.grad_accum must be >= 1, got {self.accum}")
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
         self.start = 0
         if resume_ckpt is not None:
@@ -143,6 +152,8 @@ class Trainer:
         }
 
     def save(self, iteration: int) -> None:
+        if not self.dist.is_main:
+            return
         save_checkpoint(self.out / "last.pt", self.checkpoint_payload(iteration))
         keep = int(self.cfg["train"].get("keep_every", 0))
         if keep and iteration % keep == 0 and iteration < self.iters:
@@ -150,16 +161,23 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------
     def _streams(self):
-        bs = int(self.cfg["data"]["batch_size"])
+        bs = int(self.cfg["data"]["batch_size"])  # the global batch, split over ranks
+        if bs % (self.dist.world_size * self.accum):
+            raise UsageError(f"data.batch_size {bs} must be a multiple of processes x grad_accum "
+                             f"({self.dist.world_size} x {self.accum})")
+        r, w = self.dist.rank, self.dist.world_size
         streams = {"source": make_stream(self.source_ds, bs, self.seed, 0, self.start, self.iters, self.workers,
-                                         choose=self.source_choice)}
+                                         rank=r, world_size=w, choose=self.source_choice)}
         if self.method.target_batches is not None:
             if self.target_ds is None:
                 raise UsageError(f"method '{self.method.name}' needs target images (--target)")
-            streams["target"] = make_stream(self.target_ds, bs, self.seed, 1, self.start, self.iters, self.workers)
+            streams["target"] = make_stream(self.target_ds, bs, self.seed, 1, self.start, self.iters, self.workers,
+                                            rank=r, world_size=w)
         return streams
 
     def _metrics_log(self):
+        if not self.dist.is_main:
+            return open(os.devnull, "w")
         path = self.out / "metrics.jsonl"
         if self.start > 0 and path.exists():  # drop records past the checkpoint so the log matches the resumed run
             keep = []
@@ -175,9 +193,33 @@ class Trainer:
             path.unlink(missing_ok=True)
         return open(path, "a", buffering=1)
 
+    def _step(self, batch: dict, it: int) -> tuple[torch.Tensor, dict]:
+        """Forward and backward of one iteration, in ``grad_accum`` micro-batches (same global batch,
+        less memory); returns the loss and logs averaged over micro-batches."""
+        if self.accum == 1:
+            micro = [batch]
+        else:
+            micro = [{dom: {k: (v.chunk(self.accum)[i] if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+                      for dom, b in batch.items()} for i in range(self.accum)]
+        total, logs = 0.0, {}
+        for mb in micro:
+            with autocast(self.device, self.amp):
+                loss, mlogs = self.method.training_step(mb, it)
+            if not torch.isfinite(loss):
+                return loss, mlogs
+            self.scaler.scale(loss / self.accum).backward()
+            total = total + loss.detach() / self.accum
+            for k, v in mlogs.items():
+                logs[k] = logs.get(k, 0.0) + float(v) / self.accum
+        return total, logs
+
+    def _params(self):
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
     def fit(self) -> dict:
-        write_text(self.out / "config.yaml",
-                   "# resolved configuration of this run\n" + dump_config({**self.cfg, "provenance": provenance()}))
+        if self.dist.is_main:
+            write_text(self.out / "config.yaml",
+                       "# resolved configuration of this run\n" + dump_config({**self.cfg, "provenance": provenance()}))
         if self.start >= self.iters:
             log(f"run in {self.out} already finished ({self.iters} iterations)")
             return {"iterations": self.iters}
@@ -195,16 +237,18 @@ class Trainer:
                 with progress(self.iters - self.start, f"{self.method.stage} {self.method.name}") as advance:
                     for it in range(self.start, self.iters):
                         # every iteration's randomness (mixing, augmentation choices) derives from (seed, it)
-                        torch.manual_seed(sample_seed(self.seed, 99, it))
+                        torch.manual_seed(sample_seed(self.seed, 99 + 1000 * self.dist.rank, it))
                         batch = {k: _to_device(next(s), self.device, self.channels_last) for k, s in streams.items()}
                         lr = set_lr(self.optimizer, it, self.iters, self.cfg["optim"])
-                        with autocast(self.device, self.amp):
-                            loss, logs = self.method.training_step(batch, it)
+                        self.optimizer.zero_grad(set_to_none=True)
+                        loss, logs = self._step(batch, it)
+                        # one small all-reduce: the global mean loss and whether any rank was asked to stop,
+                        # so that every rank stops (or fails) at the same iteration
+                        loss, stopping = D.reduce_loss_and_flag(loss, stop.signal is not None)
                         if not torch.isfinite(loss):
                             raise DataError(f"loss became {loss.item()} at iteration {it}; last good checkpoint: "
                                             f"{self.out / 'last.pt'}")
-                        self.optimizer.zero_grad(set_to_none=True)
-                        self.scaler.scale(loss).backward()
+                        D.average_gradients(self._params())
                         in_update = True
                         self.scaler.step(self.optimizer)
                         self.scaler.update()
@@ -216,9 +260,10 @@ class Trainer:
                             rec = {"iter": it, "lr": lr, **logs, "time": round(time.time() - t0, 3)}
                             metrics.write(json.dumps(rec) + "\n")
                         advance(1, info=f"loss {logs['loss']:.4f}")
-                        if stop.signal is not None and it + 1 < self.iters:
+                        if stopping and it + 1 < self.iters:
                             self.save(it + 1)
-                            raise DataError(f"stopped by {stop.signal} after iteration {it}; state saved in "
+                            raise DataError(f"stopped by {stop.signal or 'a signal to another rank'} after iteration "
+                                            f"{it}; state saved in "
                                             f"{self.out / 'last.pt'}, continue with --resume")
                         if (it + 1) % ckpt_every == 0 and it + 1 < self.iters:
                             self.save(it + 1)
