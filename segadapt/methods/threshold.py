@@ -1,0 +1,151 @@
+"""Self-training on confidence-thresholded offline pseudo-labels (fixed threshold, or class-balanced as
+in CBST, Zou et al., ECCV 2018).
+
+Offline pseudo-label y_t(p) and its stored confidence conf(p) (``segadapt pseudo-label``):
+    y_t'(p) = y_t(p) if conf(p) >= t_{y_t(p)} else ignore
+    fixed:          t_c = t                                             (default 0.9)
+    class-balanced: t_c = confidence of the k_c-th most confident pixel predicted as c over the WHOLE
+                    pseudo-label set, k_c = floor(portion * N_c)        (CBST, portion 0.5 by default)
+    L = CE(S(x_s), y_s) + lambda * CE(S(x_t), y_t')
+With ``class_mix`` the target term uses ClassMix instead: half of the source classes pasted onto the
+target crop, labels mixed the same way (x_t, y_t' -> x_mix, y_mix).
+
+Class-balanced thresholds come from the folder's per-class confidence histogram (CONF_BINS bins):
+t_c is the lower edge of the bin holding the k_c-th most confident pixel, snapped up to the stored
+uint16 grid, so a pixel passes exactly when its stored value is in that bin or above: at least k_c
+pixels of class c are kept over the set, and at most one bin's worth more (exact to the bin width).
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segadapt.console import log
+from segadapt.data.labelspace import IGNORE
+from segadapt.data.mixing import class_mix_mask, mix
+from segadapt.engine.pseudo_label import CONF_SCALE, load_confidence_histogram
+from segadapt.errors import DataError, UsageError
+from segadapt.methods.base import Method, seg_ce
+
+DEFAULTS = {"mode": "class_balanced", "threshold": 0.9, "portion": 0.5, "target_weight": 1.0, "class_mix": False}
+MODES = ("fixed", "class_balanced")
+
+
+# -- the pieces as plain functions (tested one by one) ------------------------------------------
+
+def _on_stored_grid(u16: np.ndarray) -> np.ndarray:
+    """float32(u) / float32(65535): the same expression TrainCrops uses for the confidence crops, so a
+    threshold and a stored confidence of equal uint16 value compare equal."""
+    return u16.astype(np.float32) / np.float32(CONF_SCALE)
+
+
+def class_balanced_thresholds(hist: np.ndarray, portion: float) -> torch.Tensor:
+    """Per-class thresholds (C,) float32 from a (C, bins) histogram of stored confidences per predicted
+    class: the lower edge of the bin that holds the floor(portion * N_c)-th most confident pixel (snapped up
+    to the uint16 grid). A class with k_c = 0 (never or too rarely predicted) keeps nothing: +inf (CBST: 1)."""
+    hist = np.asarray(hist, np.int64)
+    c, bins = hist.shape
+    n = hist.sum(1)
+    frac = Fraction(repr(float(portion)))  # the decimal the user wrote: floor(0.29 * 100) is 29, not 28
+    k = n * frac.numerator // frac.denominator
+    from_top = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1]  # from_top[c, b] = pixels of c in bins >= b
+    out = np.full(c, np.inf, np.float32)
+    for cls in range(c):
+        if k[cls] == 0:
+            continue
+        b = int(np.nonzero(from_top[cls] >= k[cls])[0].max())  # highest bin with at least k pixels at or above it
+        u16 = -(-b * CONF_SCALE // bins)  # ceil: smallest stored value whose bin is b
+        out[cls] = _on_stored_grid(np.array([u16]))[0]
+    return torch.from_numpy(out)
+
+
+def fixed_thresholds(num_classes: int, threshold: float) -> torch.Tensor:
+    return torch.full((num_classes,), float(threshold), dtype=torch.float32)
+
+
+def threshold_pseudo_labels(label: torch.Tensor, conf: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Keep y(p) where conf(p) >= t_{y(p)}, ignore elsewhere (already ignored pixels stay ignored)."""
+    valid = label != IGNORE
+    t = thresholds.to(conf.device)[torch.where(valid, label, torch.zeros_like(label))]
+    return torch.where(valid & (conf >= t), label, torch.full_like(label, IGNORE))
+
+
+# -- the method -------------------------------------------------------------------------------------
+
+def _check_cfg(cfg: dict, name: str) -> dict:
+    unknown = sorted(set(cfg) - set(DEFAULTS))
+    if unknown:
+        raise UsageError(f"unknown {name} setting '{unknown[0]}' (known: {', '.join(DEFAULTS)})")
+    c = {**DEFAULTS, **cfg}
+    if c["mode"] not in MODES:
+        raise UsageError(f"{name}.mode must be one of {', '.join(MODES)}, got {c['mode']!r}")
+    try:
+        t, portion, lam = float(c["threshold"]), float(c["portion"]), float(c["target_weight"])
+    except (TypeError, ValueError):
+        raise UsageError(f"{name}: threshold, portion and target_weight must be numbers") from None
+    if not 0.0 <= t <= 1.0:
+        raise UsageError(f"{name}.threshold must be in [0, 1], got {t}")
+    if not 0.0 < portion <= 1.0:
+        raise UsageError(f"{name}.portion must be in (0, 1], got {portion}")
+    if lam < 0:
+        raise UsageError(f"{name}.target_weight must be >= 0, got {lam}")
+    if not isinstance(c["class_mix"], bool):
+        raise UsageError(f"{name}.class_mix must be true or false, got {c['class_mix']!r}")
+    return {**c, "threshold": t, "portion": portion, "target_weight": lam}
+
+
+class ThresholdSelfTrain(Method):
+    name = "threshold"
+    stage = "self-train"
+    target_batches = "pseudo"
+    needs_confidence = True  # the engine must deliver each target crop's confidence next to its pseudo-label
+
+    def __init__(self, cfg, student, num_classes, prototypes=None):
+        super().__init__(cfg, student, num_classes, prototypes)
+        self.c = _check_cfg(cfg, self.name)
+        self.generator = None  # the engine reseeds torch's global RNG every iteration
+        self.thresholds = fixed_thresholds(num_classes, self.c["threshold"]) if self.c["mode"] == "fixed" else None
+
+    def attach_pseudo_labels(self, folder: Path) -> None:
+        """Called by the pipeline with the pseudo-label folder: class-balanced thresholds are computed
+        over its whole confidence histogram."""
+        if self.c["mode"] != "class_balanced":
+            return
+        hist = load_confidence_histogram(folder)
+        if hist.shape[0] != self.num_classes:
+            raise DataError(f"{folder}: confidence histogram has {hist.shape[0]} classes, the model {self.num_classes}")
+        self.thresholds = class_balanced_thresholds(hist, self.c["portion"])
+        shown = ", ".join("-" if not np.isfinite(t) else f"{t:.3f}" for t in self.thresholds.tolist())
+        log(f"class-balanced thresholds (portion {self.c['portion']}): {shown}")
+
+    def extra_state(self):
+        return {"thresholds": self.thresholds}
+
+    def load_extra_state(self, state):
+        if state.get("thresholds") is not None:  # a resumed run keeps the thresholds it started with
+            self.thresholds = state["thresholds"].float()
+
+    def training_step(self, batch, iteration):
+        xs, ys = batch["source"]["image"], batch["source"]["label"]
+        tgt = batch["target"]
+        if "confidence" not in tgt:
+            raise DataError("threshold self-training needs the pseudo-labels' confidence maps in the target batch")
+        if self.thresholds is None:
+            raise DataError("class-balanced thresholds need the pseudo-label folder (attach_pseudo_labels)")
+        xt, yt = tgt["image"], threshold_pseudo_labels(tgt["label"], tgt["confidence"], self.thresholds)
+        kept = ((yt != IGNORE).sum() / (tgt["label"] != IGNORE).sum().clamp(min=1)).item()
+        if self.c["class_mix"]:
+            mask = class_mix_mask(ys, self.generator).to(xs.dtype)
+            xt, yt = mix(mask, xs, xt), mix(mask, ys, yt)
+
+        n = xs.shape[0]
+        s = self.student(torch.cat([xs, xt]))["logits"]
+        loss_src = seg_ce(s[:n], ys)
+        loss_tgt = seg_ce(s[n:], yt)
+        loss = loss_src + self.c["target_weight"] * loss_tgt
+        # kept: fraction of the crop's pseudo-labelled pixels that pass their class threshold
+        return loss, {"loss_src": loss_src.item(), "loss_tgt": loss_tgt.item(), "kept": kept}
