@@ -137,3 +137,32 @@ def test_mix_labels_and_images():
     assert mix(mask, torch.tensor([[[3, 3]]]), torch.tensor([[[7, 7]]])).tolist() == [[[3, 7]]]
     img = mix(mask, torch.ones(1, 3, 1, 2), torch.zeros(1, 3, 1, 2))
     assert img[0, :, 0, 0].tolist() == [1, 1, 1] and img[0, :, 0, 1].tolist() == [0, 0, 0]
+
+
+def test_diga_self_train_fixed_threshold_selection(monkeypatch):
+    """selection: threshold keeps a pseudo-label only where its stored confidence reaches diga.threshold."""
+    from segadapt.methods import diga as D
+    from segadapt.models.segmenter import build_segmenter
+
+    torch.manual_seed(0)
+    student = build_segmenter({"arch": "deeplabv2", "backbone": "tiny", "feat_dim": 8, "pretrained": None}, 3)
+    m = D.DigaSelfTrain({"selection": "threshold", "threshold": 0.7, "translator": "none", "cdmix": False,
+                         "skd_weight": 0.0}, student, 3)
+    assert m.needs_confidence
+    seen = {}
+    real_mix = D.mix
+
+    def spy(mask, a, b):  # the label mix receives the selected target pseudo-label as ``b``
+        if a.dtype == torch.long:
+            seen["selected"] = b.clone()
+        return real_mix(mask, a, b)
+
+    monkeypatch.setattr(D, "mix", spy)
+    yt = torch.tensor([[[0, 1], [2, 1]]]).repeat_interleave(8, 1).repeat_interleave(8, 2)
+    conf = torch.tensor([[[0.9, 0.5], [0.7, 0.69]]]).repeat_interleave(8, 1).repeat_interleave(8, 2)
+    batch = {"source": {"image": torch.rand(1, 3, 16, 16), "label": torch.zeros(1, 16, 16, dtype=torch.long)},
+             "target": {"image": torch.rand(1, 3, 16, 16), "label": yt, "confidence": conf}}
+    m.training_step(batch, 0)
+    expected = torch.where(conf >= 0.7, yt, torch.full_like(yt, IGNORE))
+    assert torch.equal(seen["selected"], expected)
+    assert (expected[0, :8, :8] == 0).all() and (expected[0, :8, 8:] == IGNORE).all()

@@ -162,6 +162,8 @@ class DigaSelfTrain(_WithTeacher):
             raise UsageError("DiGA self-training with dynamic pseudo-label selection needs the pseudo-label "
                              "folder's prototypes.pt")
         self.prototypes = prototypes.clone().float() if prototypes is not None else None
+        # a fixed confidence threshold needs each target crop's confidence map next to its pseudo-label
+        self.needs_confidence = self.cfg.get("selection", "dps") == "threshold"
 
     def extra_state(self):
         return {"prototypes": self.prototypes}
@@ -182,12 +184,15 @@ class DigaSelfTrain(_WithTeacher):
         feat_s, feat_t = t_feat[:n], t_feat[2 * n:]
 
         selection = self.cfg.get("selection", "dps")
-        if selection == "dps":
+        if selection == "threshold":  # the fixed-threshold baseline of DiGA's ablation
+            conf = batch["target"]["confidence"]
+            yt_sel = torch.where(conf >= float(self.cfg.get("threshold", 0.9)), yt, torch.full_like(yt, IGNORE))
+        elif selection == "dps":
             yt_sel = dps_select(yt, feat_t, self.prototypes.to(feat_t.device))
         elif selection == "none":
             yt_sel = yt
         else:
-            raise UsageError(f"unknown pseudo-label selection '{selection}' (dps, none)")
+            raise UsageError(f"unknown pseudo-label selection '{selection}' (dps, threshold, none)")
 
         # ClassMix: half of the source classes pasted onto a photometrically augmented target crop
         mask = class_mix_mask(ys, self.generator).to(xs.dtype)
