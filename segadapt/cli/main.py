@@ -12,6 +12,7 @@ import typer
 
 from segadapt import __version__
 from segadapt.cli import infer_cmds, prepare_cmds, train_cmds, visualize_cmds
+from segadapt.cli import translator_cmds
 from segadapt.errors import SegadaptError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -21,6 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 app.command("prepare-data", no_args_is_help=True)(prepare_cmds.prepare_data)
 app.command("warmup", no_args_is_help=True)(train_cmds.warmup)
 app.command("self-train", no_args_is_help=True)(train_cmds.self_train)
+app.command("train-translator", no_args_is_help=True)(translator_cmds.train_translator)
 app.command("pseudo-label", no_args_is_help=True)(infer_cmds.pseudo_label)
 app.command("evaluate", no_args_is_help=True)(infer_cmds.evaluate)
 app.add_typer(visualize_cmds.app, name="visualize")

@@ -187,6 +187,9 @@ def _generate(model, label_space, items, out, manifest, protocol, device, worker
     todo = [it for it in items if it[0] not in acc.done]
     if acc.done:
         log(f"resuming: {len(items) - len(todo)} of {len(items)} images already done")
+    # every rank must have read the logs before any rank appends to them, or their todo lists (and so
+    # their shares) would differ and an image could fall between two ranks
+    D.barrier()
     todo = D.shard(todo)  # under torchrun each rank labels every world_size-th remaining image
 
     loader = DataLoader(InferenceImages([(i, p, None) for i, p, _ in todo], base_size=size), batch_size=1,

@@ -14,13 +14,15 @@ Self-training (offline pseudo-labels y_t, class prototypes P):
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
 from segadapt.data.labelspace import IGNORE
 from segadapt.data.mixing import class_mix_mask, fda, mix, photometric
 from segadapt.engine.ema import ema_alpha, ema_update, make_teacher
-from segadapt.errors import UsageError
+from segadapt.errors import DataError, SegadaptError, UsageError
 from segadapt.methods.base import Method, seg_ce, soft_ce
 
 
@@ -31,16 +33,40 @@ def skd_loss(t_clean, s_clean, t_mixed, s_mixed, reverse_weight: float) -> torch
     return soft_ce(t_clean, s_mixed) + reverse_weight * soft_ce(t_mixed, s_clean)
 
 
-def translate(x: torch.Tensor, target_images: torch.Tensor, cfg: dict, generator=None) -> torch.Tensor:
+def translate(x: torch.Tensor, target_images: torch.Tensor, cfg: dict, generator=None, net=None) -> torch.Tensor:
     """Restyle source images toward the target domain. 'fda' swaps the low-frequency amplitude with a
-    random target image of the batch (training-free stand-in for DiGA's translation GAN)."""
+    random target image of the batch (training-free stand-in for DiGA's translation GAN); a checkpoint
+    path runs its trained generator ``net`` (see ``load_translator``), frozen."""
     kind = cfg.get("translator", "fda")
     if kind == "fda":
         pick = torch.randint(0, target_images.shape[0], (x.shape[0],), generator=generator)
         return fda(x, target_images[pick.to(target_images.device)], float(cfg.get("fda_beta", 0.01)))
     if kind == "none":
         return x
-    raise UsageError(f"unknown translator '{kind}' (fda, none)")
+    if net is None:
+        raise UsageError(f"translator '{kind}': load the generator with load_translator first")
+    with torch.no_grad():
+        return net(x).to(x.dtype)
+
+
+def load_translator(path) -> torch.nn.Module:
+    """The source -> target generator of a `segadapt train-translator` checkpoint, frozen, in eval mode."""
+    from segadapt.engine.checkpoint import load_checkpoint
+    from segadapt.translation.networks import build_generator
+
+    if not Path(path).is_file():
+        raise DataError(f"diga.translator '{path}' is neither fda, none nor an existing translator checkpoint "
+                        "(RUN/last.pt of segadapt train-translator)")
+    ckpt = load_checkpoint(path)  # DataError for an unreadable file
+    if ckpt.get("stage") != "translator" or "g_st" not in ckpt.get("modules", {}):
+        raise DataError(f"{path} is not a translator checkpoint (make one with segadapt train-translator)")
+    try:
+        net = build_generator(ckpt.get("generator_spec"))
+        net.load_state_dict(ckpt["modules"]["g_st"])
+    except (RuntimeError, SegadaptError) as e:
+        raise DataError(f"translator checkpoint {path} does not match its generator spec: "
+                        f"{str(e).splitlines()[0][:200]}") from None
+    return net.eval().requires_grad_(False)
 
 
 def cdmix(x, x_aug, label, x_translated, generator=None):
@@ -102,6 +128,9 @@ class _WithTeacher(Method):
         super().__init__(cfg, student, num_classes, prototypes)
         self.teacher = make_teacher(student)
         self.generator = None  # the engine reseeds torch's global RNG every iteration
+        # a trained translator (a checkpoint path): loaded once, frozen, never checkpointed with the student
+        kind = str(self.cfg.get("translator", "fda"))
+        self.translator_net = load_translator(kind) if kind not in ("fda", "none") else None
 
     def modules(self):
         return {"student": self.student, "teacher": self.teacher}
@@ -112,8 +141,11 @@ class _WithTeacher(Method):
     def _views(self, x, y, target_images):
         """x_aug and x_cd of a source batch (x_cd = x_aug when CDMix is switched off)."""
         x_aug = photometric(x, self.generator, blend=float(self.cfg.get("photometric_blend", 0.4)))
-        if self.cfg.get("cdmix", True) and target_images is not None:
-            x_cd, _ = cdmix(x, x_aug, y, translate(x, target_images, self.cfg, self.generator), self.generator)
+        net = self.translator_net
+        if self.cfg.get("cdmix", True) and (target_images is not None or net is not None):
+            if net is not None:
+                net.to(x.device)  # once: the student's device (no-op afterwards)
+            x_cd, _ = cdmix(x, x_aug, y, translate(x, target_images, self.cfg, self.generator, net), self.generator)
         else:
             x_cd = x_aug
         return x_aug, x_cd
@@ -125,7 +157,8 @@ class DigaWarmup(_WithTeacher):
 
     @property
     def target_batches(self):
-        return "target" if self.cfg.get("cdmix", True) and self.cfg.get("translator", "fda") != "none" else None
+        # only FDA needs target images; a trained translator has learnt the target style
+        return "target" if self.cfg.get("cdmix", True) and self.cfg.get("translator", "fda") == "fda" else None
 
     def training_step(self, batch, iteration):
         x, y = batch["source"]["image"], batch["source"]["label"]
