@@ -1,0 +1,341 @@
+"""Training of the source -> target translator (``segadapt train-translator``).
+
+One iteration (CycleGAN's order): G and F are updated on
+    L_G = w_adv L_adv + w_cyc L_cyc + w_idt L_idt + w_edge L_edge            (losses.py)
+with the discriminators frozen, then D_T and D_S on their LSGAN loss against the (detached) fakes of
+the same iteration. Adam (lr 2e-4, betas 0.5/0.999) for both; the learning rate stays constant, then
+decays linearly towards 0 from ``optim.decay_start`` (a fraction of the iterations), as in CycleGAN.
+
+The run folder follows the segmentation stages' conventions (engine/trainer.py): ``prepare_run_dir``
+refuses to overwrite without --resume/--force, a flock on the folder, ``config.yaml``,
+``metrics.jsonl``, an atomic ``last.pt`` readable with ``weights_only=True``; batches come from the
+deterministic streams of data/sampling.py, so a resumed run logs exactly what the uninterrupted one
+would have logged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from segadapt import config as C
+from segadapt.config import dump_config, provenance
+from segadapt.console import log, progress
+from segadapt.data.datasets import TrainCrops
+from segadapt.data.io import write_text
+from segadapt.data.prepared import PreparedDataset
+from segadapt.data.sampling import make_stream, sample_seed
+from segadapt.engine import distributed as D
+from segadapt.engine.checkpoint import RunLock, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from segadapt.engine.device import amp_dtype, autocast, resolve_device
+from segadapt.engine.trainer import _graceful_stop, check_resume_config, prepare_run_dir, seed_everything
+from segadapt.errors import DataError, UsageError
+from segadapt.translation.losses import (EDGE_MODES, cycle_loss, discriminator_loss, lsgan_loss,
+                                         semantic_edge_loss)
+from segadapt.translation.networks import build_discriminator, build_generator
+
+STAGE = "translator"  # the checkpoint's "stage": what DiGA checks before loading a generator
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+def resolve_translator_config(config: str, overrides: list[str], iters: int | None) -> dict:
+    cfg = C.apply_overrides(C.load_config(config), list(overrides))
+    if iters is not None:
+        if iters <= 0:
+            raise UsageError(f"--iters must be positive, got {iters}")
+        cfg.setdefault("optim", {})["iters"] = iters
+    for key in ("seed", "data", "generator", "discriminator", "loss", "optim", "train"):
+        C.require(cfg, key)
+    check_translator_config(cfg)
+    return cfg
+
+
+def _number(cfg: dict, dotted: str, lo: float | None = None, hi: float | None = None, integer: bool = False):
+    v = C.require(cfg, dotted)
+    try:
+        v = int(v) if integer else float(v)
+    except (TypeError, ValueError):
+        raise UsageError(f"{dotted} must be a{'n integer' if integer else ' number'}, got {v!r}") from None
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise UsageError(f"{dotted} must be in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}], "
+                         f"got {v}")
+    return v
+
+
+def check_translator_config(cfg: dict) -> None:
+    """Bad values -> one-line UsageError before anything is built or written."""
+    for k in ("adv_weight", "cycle_weight", "identity_weight", "edge_weight"):
+        _number(cfg, f"loss.{k}", lo=0.0)
+    if C.require(cfg, "loss.edge_mode") not in EDGE_MODES:
+        raise UsageError(f"loss.edge_mode must be one of {', '.join(EDGE_MODES)}, got {cfg['loss']['edge_mode']!r}")
+    _number(cfg, "loss.edge_radius", lo=0, integer=True)
+    _number(cfg, "optim.lr", lo=0.0)
+    _number(cfg, "optim.decay_start", lo=0.0, hi=1.0)
+    _number(cfg, "optim.iters", lo=1, integer=True)
+    betas = C.require(cfg, "optim.betas")
+    if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(isinstance(b, (int, float)) for b in betas)
+            and all(0 <= b < 1 for b in betas)):
+        raise UsageError(f"optim.betas must be two numbers in [0, 1), got {betas!r}")
+    _number(cfg, "data.batch_size", lo=1, integer=True)
+    for k in ("log_every", "ckpt_every"):
+        _number(cfg, f"train.{k}", lo=1, integer=True)
+    crop = C.require(cfg, "data.crop")
+    if not (isinstance(crop, (list, tuple)) and len(crop) == 2 and all(isinstance(c, int) and c >= 4 for c in crop)):
+        raise UsageError(f"data.crop must be [H, W] with both >= 4, got {crop!r}")
+    # the coarsest PatchGAN sees the crop pooled (scales - 1) times by 2; after its `layers` stride-2 convs
+    # it needs 3 pixels left (else instance norm meets a 1x1 map)
+    layers = _number(cfg, "discriminator.layers", lo=1, integer=True)
+    scales = _number(cfg, "discriminator.scales", lo=1, integer=True)
+    need = 3 * 2 ** layers * 2 ** (scales - 1)
+    if min(crop) < need:
+        raise UsageError(f"data.crop {crop} is too small for a {scales}-scale PatchGAN with {layers} layers "
+                         f"(needs >= {need} px; lower discriminator.scales or discriminator.layers)")
+
+
+def decayed_lr(base_lr: float, it: int, total: int, decay_start: float) -> float:
+    """CycleGAN's schedule: ``base_lr`` until iteration round(decay_start * total), then linearly to
+    base_lr / (total - start) at the last iteration."""
+    start = int(round(decay_start * total))
+    return base_lr * (1.0 - max(0, it - start) / max(1, total - start))
+
+
+# -- the four networks and one training step -------------------------------------------------------
+
+class CycleGAN(nn.Module):
+    """G (g_st: source -> target), F (g_ts: target -> source), D_T (d_t), D_S (d_s)."""
+
+    def __init__(self, generator: dict | None, discriminator: dict | None):
+        super().__init__()
+        self.g_st, self.g_ts = build_generator(generator), build_generator(generator)
+        self.d_t, self.d_s = build_discriminator(discriminator), build_discriminator(discriminator)
+
+    def generators(self):
+        return list(self.g_st.parameters()) + list(self.g_ts.parameters())
+
+    def discriminators(self):
+        return list(self.d_t.parameters()) + list(self.d_s.parameters())
+
+
+def _requires_grad(params, flag: bool) -> None:
+    for p in params:
+        p.requires_grad_(flag)
+
+
+class TranslatorStep:
+    """Networks, their two Adam optimisers and one G-then-D update (usable without a run folder)."""
+
+    def __init__(self, cfg: dict, device=torch.device("cpu"), amp=None):
+        self.cfg, self.device, self.amp = cfg, device, amp
+        self.nets = CycleGAN(cfg.get("generator"), cfg.get("discriminator")).to(device)
+        o = cfg["optim"]
+        betas = tuple(float(b) for b in o["betas"])
+        self.opt_g = torch.optim.Adam(self.nets.generators(), lr=float(o["lr"]), betas=betas)
+        self.opt_d = torch.optim.Adam(self.nets.discriminators(), lr=float(o["lr"]), betas=betas)
+        self.in_update = False  # True between the first optimiser step and the last: no state to save
+
+    def set_lr(self, it: int, total: int) -> float:
+        lr = decayed_lr(float(self.cfg["optim"]["lr"]), it, total, float(self.cfg["optim"]["decay_start"]))
+        for opt in (self.opt_g, self.opt_d):
+            for g in opt.param_groups:
+                g["lr"] = lr
+        return lr
+
+    def step(self, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor) -> dict:
+        n, L = self.nets, self.cfg["loss"]
+        w_adv, w_cyc = float(L["adv_weight"]), float(L["cycle_weight"])
+        w_idt, w_edge = float(L["identity_weight"]), float(L["edge_weight"])
+        n.train()
+        # generators, discriminators frozen (their gradients are not needed for L_G)
+        _requires_grad(n.discriminators(), False)
+        with autocast(self.device, self.amp):
+            fake_t = n.g_st(xs)
+            fake_s = n.g_ts(xt)
+            rec_s, rec_t = n.g_ts(fake_t), n.g_st(fake_s)
+            adv = lsgan_loss(n.d_t(fake_t), 1.0) + lsgan_loss(n.d_s(fake_s), 1.0)
+            cyc = cycle_loss(xs, rec_s) + cycle_loss(xt, rec_t)
+            loss_g = w_adv * adv + w_cyc * cyc
+            logs = {"loss_adv": adv.item(), "loss_cycle": cyc.item()}
+            if w_edge > 0:
+                edge = semantic_edge_loss(fake_t, xs, ys, L["edge_mode"], int(L["edge_radius"]))
+                loss_g = loss_g + w_edge * edge
+                logs["loss_edge"] = edge.item()
+            if w_idt > 0:  # a target image should pass G unchanged (CycleGAN's colour-preserving term)
+                idt = cycle_loss(xt, n.g_st(xt)) + cycle_loss(xs, n.g_ts(xs))
+                loss_g = loss_g + w_idt * idt
+                logs["loss_identity"] = idt.item()
+        if not torch.isfinite(loss_g):
+            raise DataError(f"translator loss became {loss_g.item()}")
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.in_update = True
+        self.opt_g.step()
+        # discriminators on real images and this iteration's fakes; no history pool of fakes (CycleGAN keeps 50):
+        # at 512x896 it would add ~270 MB per domain to every checkpoint, and DiGA's code has none either
+        _requires_grad(n.discriminators(), True)
+        with autocast(self.device, self.amp):
+            loss_d = (discriminator_loss(n.d_t(xt), n.d_t(fake_t.detach()))
+                      + discriminator_loss(n.d_s(xs), n.d_s(fake_s.detach())))
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        self.in_update = False
+        return {"loss_g": loss_g.item(), **logs, "loss_d": loss_d.item()}
+
+    def state(self) -> dict:
+        return {"modules": {k: getattr(self.nets, k).state_dict() for k in ("g_st", "g_ts", "d_t", "d_s")},
+                "optimizer": {"g": self.opt_g.state_dict(), "d": self.opt_d.state_dict()}}
+
+    def load_state(self, ckpt: dict) -> None:
+        try:
+            for k in ("g_st", "g_ts", "d_t", "d_s"):
+                getattr(self.nets, k).load_state_dict(ckpt["modules"][k])
+            self.opt_g.load_state_dict(ckpt["optimizer"]["g"])
+            self.opt_d.load_state_dict(ckpt["optimizer"]["d"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise DataError(f"translator checkpoint does not fit this configuration: {str(e).splitlines()[0][:200]}") \
+                from None
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+def _open_metrics(path: Path, start: int):
+    """metrics.jsonl for appending; on resume, records at or past the checkpoint are dropped so the log
+    matches the uninterrupted run."""
+    if start > 0 and path.exists():
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("iter", 0) < start:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                continue
+        write_text(path, "".join(f"{line}\n" for line in keep))
+    elif start == 0:
+        path.unlink(missing_ok=True)
+    return open(path, "a", buffering=1)
+
+
+class TranslatorTrainer:
+    def __init__(self, cfg: dict, source_items, target_items, out: Path, device, resume_ckpt: dict | None = None):
+        self.cfg, self.out, self.device = cfg, Path(out), device
+        setting = str(cfg["train"].get("amp", "off"))
+        amp = amp_dtype(setting, device)
+        if amp == torch.float16:  # fp16 needs a loss scaler per optimiser; bf16 does not
+            if setting.lower() != "auto":
+                raise UsageError("train.amp: the translator trains in fp32 or bf16 (off, auto, bf16)")
+            amp = None
+        self.core = TranslatorStep(cfg, device, amp)
+        self.seed, self.iters = int(cfg["seed"]), int(cfg["optim"]["iters"])
+        self.start = 0
+        if resume_ckpt is not None:
+            self.core.load_state(resume_ckpt)
+            set_rng_state(resume_ckpt.get("rng", {}))
+            self.start = int(resume_ckpt["iteration"])
+        d = cfg["data"]
+        crop, scale, flip = d["crop"], d.get("scale", [1.0, 1.0]), d.get("flip", True)
+        self.source_ds = TrainCrops(source_items, crop, scale, flip, base_size=d.get("source_size"))
+        self.target_ds = TrainCrops(target_items, crop, scale, flip, base_size=d.get("target_size"))
+
+    def payload(self, iteration: int) -> dict:
+        return {"stage": STAGE, "method": "cyclegan", "iteration": iteration, **self.core.state(),
+                "generator_spec": self.core.nets.g_st.spec, "discriminator_spec": self.core.nets.d_t.spec,
+                "rng": rng_state(), "config": self.cfg, "provenance": provenance()}
+
+    def save(self, iteration: int) -> None:
+        save_checkpoint(self.out / "last.pt", self.payload(iteration))
+
+    def fit(self) -> dict:
+        write_text(self.out / "config.yaml",
+                   "# resolved configuration of this run\n" + dump_config({**self.cfg, "provenance": provenance()}))
+        if self.start >= self.iters:
+            log(f"run in {self.out} already finished ({self.iters} iterations)")
+            return {"iterations": self.iters}
+        t = self.cfg["train"]
+        log_every, ckpt_every = int(t["log_every"]), int(t["ckpt_every"])
+        bs, workers = int(self.cfg["data"]["batch_size"]), int(self.cfg["data"].get("workers", 0))
+        src = make_stream(self.source_ds, bs, self.seed, 0, self.start, self.iters, workers)
+        tgt = make_stream(self.target_ds, bs, self.seed, 1, self.start, self.iters, workers)
+        metrics = _open_metrics(self.out / "metrics.jsonl", self.start)
+        it, last, t0 = self.start, {}, time.time()
+        with _graceful_stop() as stop:
+            try:
+                with progress(self.iters - self.start, "train-translator") as advance:
+                    for it in range(self.start, self.iters):
+                        torch.manual_seed(sample_seed(self.seed, 99, it))  # as the segmentation engine does
+                        sb, tb = next(src), next(tgt)
+                        xs, ys = sb["image"].to(self.device), sb["label"].to(self.device)
+                        xt = tb["image"].to(self.device)
+                        lr = self.core.set_lr(it, self.iters)
+                        try:
+                            logs = self.core.step(xs, ys, xt)
+                        except DataError as e:
+                            raise DataError(f"{e} at iteration {it}; last good checkpoint: {self.out / 'last.pt'}") \
+                                from None
+                        last = logs
+                        if it % log_every == 0 or it == self.iters - 1:
+                            metrics.write(json.dumps({"iter": it, "lr": lr, **logs,
+                                                      "time": round(time.time() - t0, 3)}) + "\n")
+                        advance(1, info=f"G {logs['loss_g']:.3f} D {logs['loss_d']:.3f}")
+                        if stop.signal is not None and it + 1 < self.iters:
+                            self.save(it + 1)
+                            raise DataError(f"stopped by {stop.signal} after iteration {it}; state saved in "
+                                            f"{self.out / 'last.pt'}, continue with --resume")
+                        if (it + 1) % ckpt_every == 0 and it + 1 < self.iters:
+                            self.save(it + 1)
+            except KeyboardInterrupt:
+                if not self.core.in_update:  # the weights are those after iteration it - 1
+                    self.save(it)
+                    raise DataError(f"interrupted at iteration {it}; state saved, continue with --resume") from None
+                raise DataError(f"interrupted at iteration {it}; continue from the last checkpoint with --resume") \
+                    from None
+            finally:
+                metrics.close()
+        self.save(self.iters)
+        log(f"finished {self.iters} translator iterations in {time.time() - t0:.1f}s; "
+            f"checkpoint {self.out / 'last.pt'}")
+        return {"iterations": self.iters, **last}
+
+
+def _items(root: Path, split: str, need_labels: bool, what: str):
+    ds = PreparedDataset(root)
+    if need_labels and not ds.has_labels(split):
+        raise DataError(f"{what} {ds.root} split '{split}' has no labels; the semantic-edge loss needs them "
+                        "(or set loss.edge_weight=0)")
+    items = ds.items(split)
+    if not items:
+        raise DataError(f"{what} {ds.root} split '{split}' holds no images")
+    if not need_labels:
+        items = [(i, p, None) for i, p, _ in items]
+    return items
+
+
+def run_train_translator(*, config: str, source: Path, target: Path, out: Path, overrides=(), iters=None,
+                         resume=False, force=False) -> dict:
+    cfg = resolve_translator_config(config, list(overrides), iters)
+    if D.info().world_size > 1:
+        raise UsageError("train-translator runs in one process (start it without torchrun)")
+    d = cfg["data"]
+    source_items = _items(source, str(d["source_split"]), float(cfg["loss"]["edge_weight"]) > 0, "source")
+    target_items = _items(target, str(d["target_split"]), False, "target")  # target labels never reach training
+    device = resolve_device(cfg["train"].get("device", "auto"))
+    RunLock(out).acquire()
+    try:
+        resume_ckpt = None
+        if prepare_run_dir(out, resume, force):
+            resume_ckpt = load_checkpoint(Path(out) / "last.pt")
+            if resume_ckpt.get("stage") != STAGE:
+                raise DataError(f"{out}/last.pt is not a translator checkpoint (stage {resume_ckpt.get('stage')!r})")
+            check_resume_config(resume_ckpt, cfg, out)
+            log(f"resuming {out} at iteration {resume_ckpt['iteration']}")
+        elif resume:
+            log(f"nothing to resume in {out}; starting from iteration 0")
+        seed_everything(int(cfg["seed"]))
+        trainer = TranslatorTrainer(cfg, source_items, target_items, out, device, resume_ckpt)
+        return trainer.fit()
+    finally:
+        RunLock.release_folder(out)
