@@ -17,7 +17,7 @@ from segadapt.errors import SegadaptError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Domain-adaptive semantic segmentation: prepare-data | warmup | pseudo-label | self-train | "
-                       "evaluate | visualize")
+                       "evaluate | visualize | train-translator")
 
 app.command("prepare-data", no_args_is_help=True)(prepare_cmds.prepare_data)
 app.command("warmup", no_args_is_help=True)(train_cmds.warmup)
