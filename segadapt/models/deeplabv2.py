@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from segadapt.errors import UsageError
 from segadapt.models.backbones import BACKBONES, build_backbone
+from segadapt.models.base import SegmentationNet
 
 # Per-backbone defaults: tiny runs on 16x32 maps and must stay small (the ASPP dominates its
 # parameter count), the ResNets use the papers' settings.
@@ -73,7 +73,7 @@ def _pos_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
-class DeepLabV2(nn.Module):
+class DeepLabV2(SegmentationNet):
     """``forward(x) -> {"logits": [B, C, h, w], "feat": [B, feat_dim, h, w]}``, h, w = ceil(H/8), ceil(W/8)."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, feat_dim: int = 256,
@@ -95,28 +95,7 @@ class DeepLabV2(nn.Module):
         # DeepLab's classifier init: small weights so initial predictions are near uniform.
         nn.init.normal_(self.classifier.weight, std=0.01)
         nn.init.zeros_(self.classifier.bias)
-        self.freeze_bn = freeze_bn
-        if freeze_bn:
-            for m in self._backbone_bns():
-                for p in m.parameters():
-                    p.requires_grad_(False)
-            self.train(self.training)
-
-    def _backbone_bns(self):
-        # _BatchNorm also matches SyncBatchNorm, which DDP conversion may substitute.
-        return [m for m in self.backbone.modules() if isinstance(m, _BatchNorm)]
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.freeze_bn:
-            # Batches of 1-2 crops give useless BN statistics: keep the pretrained ones.
-            for m in self._backbone_bns():
-                m.eval()
-        return self
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        feat = self.features(x)
-        return {"logits": self.classify(feat), "feat": feat}
+        self.set_freeze_bn(freeze_bn)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The ``feat_dim`` feature map before the classifier."""
@@ -125,21 +104,6 @@ class DeepLabV2(nn.Module):
         for conv in self.aspp[1:]:
             out = out + conv(f)
         return self.relu(self.aspp_bn(out))
-
-    def classify(self, feat: torch.Tensor) -> torch.Tensor:
-        """Logits from a feature map (dropout, active in train mode only, then the 1x1 classifier).
-
-        ``forward`` uses exactly this, so methods may pass mixed/aggregated features through it.
-        """
-        return self.classifier(self.dropout(feat))
-
-    def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """``{"backbone": [...], "head": [...]}``, every parameter exactly once (frozen BN ones
-        included with ``requires_grad=False``); the optimiser gives the head a 10x learning rate."""
-        backbone = list(self.backbone.parameters())
-        ids = {id(p) for p in backbone}
-        head = [p for p in self.parameters() if id(p) not in ids]
-        return {"backbone": backbone, "head": head}
 
 
 def build(spec: dict, num_classes: int) -> DeepLabV2:

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from segadapt.errors import UsageError
 from segadapt.models.backbones import RESNETS, ResNetBackbone, _dilate_basic_layer, build_resnet, load_pretrained
+from segadapt.models.base import SegmentationNet
 
 KEYS = ("arch", "backbone", "output_stride", "aspp_rates", "feat_dim", "dropout", "pretrained", "freeze_bn")
 _RATES = {8: [12, 24, 36], 16: [6, 12, 18]}
@@ -102,7 +102,7 @@ class ASPP(nn.Module):
         return self.project(torch.cat([b(x) for b in self.branches] + [pooled], dim=1))
 
 
-class DeepLabV3Plus(nn.Module):
+class DeepLabV3Plus(SegmentationNet):
     """``forward(x) -> {"logits": [B, C, h, w], "feat": [B, feat_dim, h, w]}``, h, w = ceil(H/4), ceil(W/4)."""
 
     def __init__(self, backbone: ResNetBackbone, num_classes: int, aspp_rates=(12, 24, 36), feat_dim: int = 256,
@@ -117,27 +117,7 @@ class DeepLabV3Plus(nn.Module):
         self.classifier = nn.Conv2d(feat_dim, num_classes, 1)
         nn.init.normal_(self.classifier.weight, std=0.01)  # near-uniform initial predictions
         nn.init.zeros_(self.classifier.bias)
-        self.freeze_bn = freeze_bn
-        if freeze_bn:
-            for m in self._backbone_bns():
-                for p in m.parameters():
-                    p.requires_grad_(False)
-            self.train(self.training)
-
-    def _backbone_bns(self):
-        return [m for m in self.backbone.modules() if isinstance(m, _BatchNorm)]
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.freeze_bn:
-            # Batches of 1-2 crops give useless BN statistics: keep the pretrained ones.
-            for m in self._backbone_bns():
-                m.eval()
-        return self
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        feat = self.features(x)
-        return {"logits": self.classify(feat), "feat": feat}
+        self.set_freeze_bn(freeze_bn)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The ``feat_dim`` decoder map before the classifier, at stride 4."""
@@ -145,16 +125,6 @@ class DeepLabV3Plus(nn.Module):
         low = self.low_level(stages[0])
         ctx = F.interpolate(self.aspp(stages[-1]), size=low.shape[-2:], mode="bilinear", align_corners=False)
         return self.decoder(torch.cat([ctx, low], dim=1))
-
-    def classify(self, feat: torch.Tensor) -> torch.Tensor:
-        """Logits from a feature map (dropout in train mode, then the 1x1 classifier), as in forward."""
-        return self.classifier(self.dropout(feat))
-
-    def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """ResNet in "backbone"; ASPP, decoder and classifier in "head" (10x lr)."""
-        backbone = list(self.backbone.parameters())
-        ids = {id(p) for p in backbone}
-        return {"backbone": backbone, "head": [p for p in self.parameters() if id(p) not in ids]}
 
 
 def build(spec: dict, num_classes: int) -> DeepLabV3Plus:

@@ -30,6 +30,7 @@ from torch import nn
 
 from segadapt.errors import DataError, UsageError
 from segadapt.models.backbones import _looks_like_path, _read_state_file, _strip_prefixes, load_state_into
+from segadapt.models.base import SegmentationNet
 
 # Per-variant depths and widths as in the paper (Table 6) and NVlabs' code; all share heads
 # [1, 2, 5, 8], MLP ratio 4, spatial-reduction ratios [8, 4, 2, 1].
@@ -362,7 +363,7 @@ class DAFormerHead(nn.Module):
 # Model
 
 
-class SegFormer(nn.Module):
+class SegFormer(SegmentationNet):
     """``forward(x) -> {"logits": [B, C, h, w], "feat": [B, feat_dim, h, w]}``, h, w = ceil(H/4), ceil(W/4)."""
 
     def __init__(self, backbone: MixTransformer, num_classes: int, head: str = "segformer", feat_dim: int = 256,
@@ -376,23 +377,9 @@ class SegFormer(nn.Module):
         nn.init.normal_(self.classifier.weight, std=0.01)  # mmseg's cls_seg init: near-uniform start
         nn.init.zeros_(self.classifier.bias)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        feat = self.features(x)
-        return {"logits": self.classify(feat), "feat": feat}
-
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The ``feat_dim`` fused decoder map before the classifier."""
         return self.decode_head(self.backbone(x))
-
-    def classify(self, feat: torch.Tensor) -> torch.Tensor:
-        """Logits from a feature map (dropout in train mode, then the 1x1 classifier), as in forward."""
-        return self.classifier(self.dropout(feat))
-
-    def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Encoder in "backbone", decoder + classifier in "head" (DAFormer's 10x head lr)."""
-        backbone = list(self.backbone.parameters())
-        ids = {id(p) for p in backbone}
-        return {"backbone": backbone, "head": [p for p in self.parameters() if id(p) not in ids]}
 
 
 def build(spec: dict, num_classes: int) -> SegFormer:
