@@ -225,3 +225,32 @@ def test_protocol_unknown_or_incompatible():
     with pytest.raises(UsageError, match="lacks: wall"):
         protocol_indices(CAMVID11, "16")
     assert protocol_indices(CAMVID11, "all") == list(range(11))
+
+
+@pytest.mark.parametrize("shape", [(7,), (33, 65), (3, 17, 9)])
+def test_uint8_fast_path_equals_int64_path(shape):
+    """Label files take the joint-histogram path; it must count exactly what the general path counts,
+    ignore pixels, out-of-range predictions and non-contiguous views included."""
+    rng = np.random.default_rng(1)
+    t = rng.choice(np.array([0, 1, 2, 3, 4, 255], np.uint8), size=shape)
+    p = rng.choice(np.array([0, 1, 2, 3, 4, 7, 200], np.uint8), size=shape)
+    fast, slow = ConfusionMatrix(5), ConfusionMatrix(5)
+    fast.update(p, t)
+    slow.update(p.astype(np.int64), t.astype(np.int64))
+    assert np.array_equal(fast.matrix, slow.matrix) and np.array_equal(fast.missed_per_class, slow.missed_per_class)
+    if len(shape) > 1:
+        view_fast, view_slow = ConfusionMatrix(5), ConfusionMatrix(5)
+        view_fast.update(p[..., ::2], t[..., ::2])
+        view_slow.update(p[..., ::2].astype(np.int64), t[..., ::2].astype(np.int64))
+        assert np.array_equal(view_fast.matrix, view_slow.matrix)
+
+
+def test_joint_histogram_exact_beyond_float32_counts():
+    """2^24 + 1 equal pixels: a float32 histogram would count 2^24; the count must be exact."""
+    from segadapt.engine.metrics import _joint_histogram_u8
+
+    t = np.zeros(2**24 + 1, np.uint8)
+    p = np.zeros_like(t)
+    p[-1] = 3
+    h = _joint_histogram_u8(t, p)
+    assert h[0, 0] == 2**24 and h[0, 3] == 1 and h.sum() == 2**24 + 1

@@ -15,11 +15,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import torch
 
 from segadapt.data.labelspace import IGNORE
 from segadapt.errors import DataError
+
+
+def _joint_histogram_u8(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """256 x 256 int64 counts of (label, prediction) value pairs of two uint8 maps."""
+    if t.size < 2**24:
+        # OpenCV's 2-D histogram reads the two maps in place; its float32 bins count exactly below 2^24
+        t, p = np.ascontiguousarray(t).reshape(-1), np.ascontiguousarray(p).reshape(-1)
+        return cv2.calcHist([t, p], [0, 1], None, [256, 256], [0, 256, 0, 256]).astype(np.int64)
+    # one 16-bit code per pixel and a 65536-bin histogram
+    code = (t.astype(np.uint16) << 8) | p
+    return np.bincount(code.ravel(), minlength=65536).reshape(256, 256)
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -84,9 +96,7 @@ class ConfusionMatrix:
         several times faster again, which is what makes scoring thousands of 2048x1024 files cheap."""
         c = self.num_classes
         if t.dtype == np.uint8 and p.dtype == np.uint8:
-            # one 16-bit code per pixel and a 65536-bin histogram, folded into C x (C + 1) afterwards
-            code = (t.astype(np.uint16) << 8) | p
-            hist = np.bincount(code.ravel(), minlength=65536).reshape(256, 256)
+            hist = _joint_histogram_u8(t, p)
             rows = [i for i in range(min(c, 256)) if i != self.ignore_index]
             counts = np.zeros((c, c + 1), np.int64)
             counts[rows, :c] = hist[rows, :c]
