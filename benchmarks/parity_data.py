@@ -1,6 +1,10 @@
 """Cityscapes-layout label files and predictions for comparing evaluators (used by the parity test and
 the evaluator benchmark): random labelIds (ids 0..33, so ignored ids appear) with blocky
-structure, and predictions that agree with the truth on part of the pixels."""
+structure, and predictions that agree with the truth on part of the pixels.
+
+Files are encoded as they are in practice: ground truth with Pillow, as cityscapesScripts'
+json2labelImg writes gtFine, and predictions (trainIds and labelIds alike) with segadapt's own
+label writer, as `segadapt pseudo-label` writes its label maps."""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
+from segadapt.data.io import write_png
 from segadapt.data.labelspace import CITYSCAPES_LABELID_TO_TRAINID
 
 TRAINID_TO_LABELID = {t: l for l, t in CITYSCAPES_LABELID_TO_TRAINID.items()}
@@ -46,9 +52,9 @@ def make(root: Path, n: int, width: int, height: int, seed: int = 0, city: str =
         pred = np.where(keep & (train_gt != 255), train_gt, noise).astype(np.uint8)
         cv2.imwrite(str(raw / "leftImg8bit/val" / city / f"{i}_leftImg8bit.png"),
                     np.zeros((height, width, 3), np.uint8))
-        cv2.imwrite(str(raw / "gtFine/val" / city / f"{i}_gtFine_labelIds.png"), gt)
-        cv2.imwrite(str(pred_dir / f"{i}.png"), pred)
-        cv2.imwrite(str(pred_lid / f"{i}.png"), to_labelid[pred])
+        Image.fromarray(gt).save(raw / "gtFine/val" / city / f"{i}_gtFine_labelIds.png")
+        write_png(pred_dir / f"{i}.png", pred)
+        write_png(pred_lid / f"{i}.png", to_labelid[pred])
         ids.append(i)
     return ids
 
