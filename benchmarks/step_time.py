@@ -1,5 +1,5 @@
-"""Training step time (and, on CUDA, peak memory) of every method relative to source-only, measured in
-one run on the same model, crop and batch.
+"""Training step time and peak memory of every method relative to source-only, measured in one run on
+the same model, crop and batch.
 
 Each method gets the same random batch (source crops with labels, target crops with a made-up
 pseudo-label and confidence) and runs forward, backward, optimiser step and its after-step hook, as
@@ -7,6 +7,12 @@ the engine does. Steps of all methods are interleaved over several rounds and th
 this machine is shared. The student's forward calls are counted, so the table also shows how much of
 a method's cost is inherent (images pushed through the student, with backward, and through the EMA
 teacher without) and how much is overhead (losses, mixing, sampling, EMA updates).
+
+Peak memory of a method = what it keeps (its networks' parameters and buffers, optimiser state,
+prototypes; counted tensor by tensor) + the most its training step adds while it runs (activations,
+gradients, temporaries). The second part is measured: on CUDA by the allocator's peak, on the CPU by
+sampling the process's resident memory every millisecond during the step. All methods share one
+process, so the other methods' networks do not count against a method.
 
     python benchmarks/step_time.py                                   # CPU scale: tiny model, 128x128 x 8
     python benchmarks/step_time.py --arch deeplabv2 --backbone resnet101 --crop 512x896 --batch 1 --rounds 2
@@ -16,7 +22,10 @@ teacher without) and how much is overhead (losses, mixing, sampling, EMA updates
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
+import threading
 import time
 
 import torch
@@ -54,6 +63,65 @@ class _Counter:
             self.nograd_images += n
 
 
+try:
+    import ctypes
+
+    _LIBC = ctypes.CDLL("libc.so.6")
+except OSError:
+    _LIBC = None
+
+
+class _PeakRSS:
+    """Largest resident set size of this process while the context is open, minus the size at entry
+    (Linux /proc; large tensors are mmap-ed by the allocator, so freeing them shows up in RSS)."""
+
+    PAGE = 4096
+
+    def __init__(self, interval: float = 0.001):
+        self.interval = interval
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PeakRSS.PAGE
+
+    def __enter__(self):
+        if _LIBC is not None:
+            _LIBC.malloc_trim(0)  # hand freed heap memory back, so the baseline is what is really in use
+        self.start = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def added(self) -> int:
+        return self.peak - self.start
+
+
+def _kept_bytes(method, opt) -> int:
+    """Bytes a method holds between steps: every distinct tensor of its modules and its optimiser state."""
+    seen, total = set(), 0
+    tensors = [t for m in method.modules().values() for t in list(m.parameters()) + list(m.buffers())]
+    tensors += [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
+    tensors += [v for v in vars(method).values() if torch.is_tensor(v)]  # prototypes, thresholds, ...
+    for t in tensors:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
 def _batch(args, c, device):
     g = torch.Generator().manual_seed(0)
     h, w = args.crop
@@ -63,6 +131,14 @@ def _batch(args, c, device):
            "confidence": torch.rand(args.batch, h, w, generator=g)}
     move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
     return {"source": move(src), "target": move(tgt)}
+
+
+class _Nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def main() -> None:
@@ -78,6 +154,11 @@ def main() -> None:
     args = ap.parse_args()
     args.crop = tuple(int(v) for v in args.crop.lower().split("x"))
     device = torch.device(args.device)
+    if device.type == "cpu" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        # glibc otherwise raises its mmap threshold after frees and keeps large freed blocks in the
+        # heap, where RSS cannot see them come and go; a fixed threshold maps every large tensor
+        os.execve(sys.executable, [sys.executable, *sys.argv],
+                  {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)})
     c = 19
     spec = {"arch": args.arch, "backbone": args.backbone, "pretrained": None}
     if args.head:
@@ -117,36 +198,40 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
+                start_mem = torch.cuda.memory_allocated()
+            rss = _PeakRSS() if device.type == "cpu" else None
             t0 = time.perf_counter()
-            loss, _ = method.training_step(batch, 100 + r)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            method.after_step(100 + r)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            with rss or _Nothing():
+                loss, _ = method.training_step(batch, 100 + r)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                method.after_step(100 + r)
+                del loss
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
             dt = time.perf_counter() - t0
+            added = rss.added if rss else torch.cuda.max_memory_allocated() - start_mem
             if r > 0:
                 times[key].append(dt)
-            passes[key] = (counter.train_images, counter.nograd_images,
-                           torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None)
+            # round 0 allocates the optimiser state, so the kept size is read after it
+            peak = _kept_bytes(method, opt) + added
+            passes[key] = (counter.train_images, counter.nograd_images, max(peak, passes.get(key, (0, 0, 0))[2]))
 
     base = statistics.median(times["warmup:source-only"])
     base_train = passes["warmup:source-only"][0]
     print(f"model {args.arch}/{args.backbone}{'/' + args.head if args.head else ''}, crop {args.crop[0]}x{args.crop[1]}, "
           f"batch {args.batch}, {device}, median of {args.rounds} rounds")
     print(f"{'method':24} {'s/step':>8} {'x source-only':>14} {'student imgs':>13} {'teacher imgs':>13} "
-          f"{'inherent x':>11} {'overhead':>9}" + ("  peak GiB" if device.type == "cuda" else ""))
+          f"{'inherent x':>11} {'overhead':>9} {'peak GiB':>9}")
     for key, *_ in setups:
         t = statistics.median(times[key])
         tr, ng, mem = passes[key]
         # a forward+backward costs ~3 forwards; a no-grad forward ~1: the cost a method cannot avoid
         inherent = (3 * tr + ng) / (3 * base_train)
         overhead = t / base - inherent
-        line = f"{key:24} {t:8.3f} {t / base:14.2f} {tr:13d} {ng:13d} {inherent:11.2f} {overhead:+9.2f}"
-        if mem is not None:
-            line += f"  {mem:8.2f}"
-        print(line)
+        print(f"{key:24} {t:8.3f} {t / base:14.2f} {tr:13d} {ng:13d} {inherent:11.2f} {overhead:+9.2f} "
+              f"{mem / 2**30:9.2f}")
 
 
 if __name__ == "__main__":
