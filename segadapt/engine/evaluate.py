@@ -97,18 +97,20 @@ def evaluate_predictions(pred_dir, dataset, split: str, classes: str = "all") ->
     t0 = time.time()
     mine = D.shard(items)
 
-    def load(item):
+    def count(item):
         _id, _img, lab_path = item
-        return _id, read_label(pred_dir / f"{_id}.png"), read_label(lab_path)
+        pred, label = read_label(pred_dir / f"{_id}.png"), read_label(lab_path)
+        if pred.shape != label.shape:
+            raise DataError(f"prediction {_id}.png is {pred.shape[1]}x{pred.shape[0]}, its label "
+                            f"{label.shape[1]}x{label.shape[0]}; predictions must be at label resolution")
+        return cm.counts_numpy(pred, label)
 
-    # PNG decoding dominates; OpenCV releases the GIL, so a few threads decode while one counts
+    # PNG decoding dominates; OpenCV releases the GIL in decoding and counting, so each image is
+    # decoded and counted in a worker thread and only the small count arrays are summed here
     with progress(len(mine), f"evaluate {split}") as advance, \
             ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        for _id, pred, label in pool.map(load, mine):
-            if pred.shape != label.shape:
-                raise DataError(f"prediction {_id}.png is {pred.shape[1]}x{pred.shape[0]}, its label "
-                                f"{label.shape[1]}x{label.shape[0]}; predictions must be at label resolution")
-            cm.update(pred, label)
+        for counts in pool.map(count, mine):
+            cm.add_counts(counts)
             advance(1)
     cm.all_reduce()
     result = score(cm, ls, classes)

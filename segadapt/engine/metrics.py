@@ -91,9 +91,15 @@ class ConfusionMatrix:
         mat += counts.to(mat.device)
 
     def _update_numpy(self, p: np.ndarray, t: np.ndarray) -> None:
-        """CPU path without boolean indexing: unscored pixels go to a scratch row C that is dropped,
-        out-of-range predictions to column C. uint8 maps (label files) take a 16-bit-code histogram,
-        several times faster again, which is what makes scoring thousands of 2048x1024 files cheap."""
+        self.add_counts(self.counts_numpy(p, t))
+
+    def counts_numpy(self, p: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """C x (C + 1) counts of one pair, without touching the matrix (so threads can count images
+        in parallel and the caller adds them with ``add_counts``).
+
+        No boolean indexing: unscored pixels go to a scratch row C that is dropped, out-of-range
+        predictions to column C. uint8 maps (label files) take a joint histogram, several times
+        faster again, which is what makes scoring thousands of 2048x1024 files cheap."""
         c = self.num_classes
         if t.dtype == np.uint8 and p.dtype == np.uint8:
             hist = _joint_histogram_u8(t, p)
@@ -101,16 +107,17 @@ class ConfusionMatrix:
             counts = np.zeros((c, c + 1), np.int64)
             counts[rows, :c] = hist[rows, :c]
             counts[rows, c] = hist[rows, c:].sum(1)
-            mat = self._ensure(torch.device("cpu") if self._mat is None else self._mat.device)
-            mat += torch.from_numpy(counts).to(mat.device)
-            return
+            return counts
         t, p = t.astype(np.int64), p.astype(np.int64)
         tl = np.where((t >= 0) & (t < c) & (t != self.ignore_index), t, c)
         pl = np.where((p >= 0) & (p < c), p, c)
         idx = tl * (c + 1) + pl
-        counts = np.bincount(idx.ravel(), minlength=(c + 1) * (c + 1)).reshape(c + 1, c + 1)[:c]
+        return np.bincount(idx.ravel(), minlength=(c + 1) * (c + 1)).reshape(c + 1, c + 1)[:c].astype(np.int64)
+
+    def add_counts(self, counts: np.ndarray) -> None:
+        """Add a C x (C + 1) count array made by ``counts_numpy``."""
         mat = self._ensure(torch.device("cpu") if self._mat is None else self._mat.device)
-        mat += torch.from_numpy(counts.astype(np.int64)).to(mat.device)
+        mat += torch.from_numpy(counts).to(mat.device)
 
     def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
         """Add another matrix's counts into this one (in place); returns self."""
