@@ -8,6 +8,32 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from segadapt.errors import UsageError
+
+
+def is_pos_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def check_conv_head_spec(out: dict) -> None:
+    """Validates, in place, the keys the DeepLab heads share: feat_dim, aspp_rates (made ints),
+    dropout (made float), freeze_bn and pretrained."""
+    if not is_pos_int(out["feat_dim"]):
+        raise UsageError(f"feat_dim must be a positive integer, got {out['feat_dim']!r}")
+    rates = out["aspp_rates"]
+    if not isinstance(rates, (list, tuple)) or not rates or not all(is_pos_int(r) for r in rates):
+        raise UsageError(f"aspp_rates must be a non-empty list of positive integers, got {rates!r}")
+    out["aspp_rates"] = [int(r) for r in rates]
+    drop = out["dropout"]
+    if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop < 1:
+        raise UsageError(f"dropout must be a number in [0, 1), got {drop!r}")
+    out["dropout"] = float(drop)
+    if not isinstance(out["freeze_bn"], bool):
+        raise UsageError(f"freeze_bn must be true or false, got {out['freeze_bn']!r}")
+    if out["pretrained"] is not None and not (isinstance(out["pretrained"], str) and out["pretrained"]):
+        raise UsageError(f"pretrained must be null, a torchvision weights name or a file path, "
+                         f"got {out['pretrained']!r}")
+
 
 class SegmentationNet(nn.Module):
     def __init__(self):

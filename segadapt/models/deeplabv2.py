@@ -13,7 +13,7 @@ from torch import nn
 
 from segadapt.errors import UsageError
 from segadapt.models.backbones import BACKBONES, build_backbone
-from segadapt.models.base import SegmentationNet
+from segadapt.models.base import SegmentationNet, check_conv_head_spec, is_pos_int
 
 # Per-backbone defaults: tiny runs on 16x32 maps and must stay small (the ASPP dominates its
 # parameter count), the ResNets use the papers' settings.
@@ -40,23 +40,9 @@ def resolve_spec(spec: dict) -> dict:
         "freeze_bn": spec.get("freeze_bn", False),
         "width": spec.get("width", defaults["width"]),
     }
-    if not _pos_int(out["feat_dim"]):
-        raise UsageError(f"feat_dim must be a positive integer, got {out['feat_dim']!r}")
-    rates = out["aspp_rates"]
-    if not isinstance(rates, (list, tuple)) or not rates or not all(_pos_int(r) for r in rates):
-        raise UsageError(f"aspp_rates must be a non-empty list of positive integers, got {rates!r}")
-    out["aspp_rates"] = [int(r) for r in rates]
-    drop = out["dropout"]
-    if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop < 1:
-        raise UsageError(f"dropout must be a number in [0, 1), got {drop!r}")
-    out["dropout"] = float(drop)
-    if not isinstance(out["freeze_bn"], bool):
-        raise UsageError(f"freeze_bn must be true or false, got {out['freeze_bn']!r}")
-    if out["pretrained"] is not None and not (isinstance(out["pretrained"], str) and out["pretrained"]):
-        raise UsageError(f"pretrained must be null, a torchvision weights name or a file path, "
-                         f"got {out['pretrained']!r}")
+    check_conv_head_spec(out)
     if backbone == "tiny":
-        if not _pos_int(out["width"]):
+        if not is_pos_int(out["width"]):
             raise UsageError(f"width must be a positive integer, got {out['width']!r}")
         if out["pretrained"] is not None:
             raise UsageError("backbone 'tiny' has no pretrained weights; set pretrained: null")
@@ -67,10 +53,6 @@ def resolve_spec(spec: dict) -> dict:
     elif out["width"] is not None:
         raise UsageError(f"width applies to backbone 'tiny' only, not {backbone!r}")
     return out
-
-
-def _pos_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
 class DeepLabV2(SegmentationNet):

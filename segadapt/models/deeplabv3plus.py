@@ -20,16 +20,12 @@ from torch import nn
 
 from segadapt.errors import UsageError
 from segadapt.models.backbones import RESNETS, ResNetBackbone, _dilate_basic_layer, build_resnet, load_pretrained
-from segadapt.models.base import SegmentationNet
+from segadapt.models.base import SegmentationNet, check_conv_head_spec
 
 KEYS = ("arch", "backbone", "output_stride", "aspp_rates", "feat_dim", "dropout", "pretrained", "freeze_bn")
 _RATES = {8: [12, 24, 36], 16: [6, 12, 18]}
 ASPP_DIM = 256      # paper
 LOW_LEVEL_DIM = 48  # paper: few channels so the low-level map does not outweigh the ASPP context
-
-
-def _pos_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
 def resolve_spec(spec: dict) -> dict:
@@ -50,21 +46,7 @@ def resolve_spec(spec: dict) -> dict:
         "pretrained": spec.get("pretrained"),
         "freeze_bn": spec.get("freeze_bn", False),
     }
-    if not _pos_int(out["feat_dim"]):
-        raise UsageError(f"feat_dim must be a positive integer, got {out['feat_dim']!r}")
-    rates = out["aspp_rates"]
-    if not isinstance(rates, (list, tuple)) or not rates or not all(_pos_int(r) for r in rates):
-        raise UsageError(f"aspp_rates must be a non-empty list of positive integers, got {rates!r}")
-    out["aspp_rates"] = [int(r) for r in rates]
-    drop = out["dropout"]
-    if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop < 1:
-        raise UsageError(f"dropout must be a number in [0, 1), got {drop!r}")
-    out["dropout"] = float(drop)
-    if not isinstance(out["freeze_bn"], bool):
-        raise UsageError(f"freeze_bn must be true or false, got {out['freeze_bn']!r}")
-    if out["pretrained"] is not None and not (isinstance(out["pretrained"], str) and out["pretrained"]):
-        raise UsageError(f"pretrained must be null, a torchvision weights name or a file path, "
-                         f"got {out['pretrained']!r}")
+    check_conv_head_spec(out)
     return out
 
 
