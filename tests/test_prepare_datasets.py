@@ -498,7 +498,7 @@ def test_folder_flat(tmp_path):
         prepare_folder(raw, out, classes=swapped)
     # the same classes file again: finished labels are reused
     assert prepare_folder(raw, out, classes=classes)["reused"] == {"train": 1}
-    assert json.loads((out / "classes.json").read_text())["values"] == [[0, 0], [7, 1], [200, 2]]
+    assert json.loads((out / "dataset.json").read_text())["conversion"]["values"] == [[0, 0], [7, 1], [200, 2]]
     # unknown value 9 declared as ignore (--force: the classes file changed): b is kept, its car pixels ignored
     ign = write_yaml(tmp_path / "ign.yaml", {**CLASSES, "ignore": [9, 255]})
     with pytest.raises(DataError, match="another classes file"):

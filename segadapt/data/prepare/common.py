@@ -216,7 +216,8 @@ def _process(job: _Job, task: tuple[RawItem, bool, bool]) -> tuple:
 
 def _settings_of(meta: dict) -> tuple:
     resize = meta.get("resize")
-    return (meta.get("kind"), meta.get("raw_root"), None if resize is None else tuple(resize))
+    return (meta.get("kind"), meta.get("raw_root"), None if resize is None else tuple(resize),
+            meta.get("conversion"))
 
 
 def _check_out(out: Path, raw_root: Path) -> None:
@@ -284,6 +285,8 @@ def prepare(
     has_labels: dict[str, bool] | None = None,
     skip_blank: bool = True,
     read_raw_label: Callable[[Path], np.ndarray] = read_label,
+    conversion: dict | None = None,
+    conversion_name: str = "label conversion",
 ) -> dict:
     """Convert ``items`` into the prepared folder ``out`` and return the report (also report.json).
 
@@ -291,7 +294,10 @@ def prepare(
     such as ``LutLabels``). ``has_labels`` (split -> bool) defaults to: a split has labels when any
     of its items names a label file. ``workers`` = 0 converts in this process. ``label_space`` is a
     built-in name or a ``LabelSpace``; its full definition goes into dataset.json either way.
-    ``read_raw_label`` (picklable) reads one raw label file, e.g. SYNTHIA's 16-bit RGB PNGs."""
+    ``read_raw_label`` (picklable) reads one raw label file, e.g. SYNTHIA's 16-bit RGB PNGs.
+    ``conversion`` (JSON-able) describes a label conversion the caller's settings choose, e.g. the
+    folder converter's value mapping: finished labels are only reused when it is the same, and it is
+    recorded in dataset.json; ``conversion_name`` names it in the error."""
     raw_root = Path(os.path.abspath(Path(raw_root).expanduser()))
     out = Path(os.path.abspath(Path(out).expanduser()))
     resize = parse_resize(resize)
@@ -311,13 +317,16 @@ def prepare(
              for it in items]
 
     _check_out(out, raw_root)
-    settings = (kind, str(raw_root), resize)
+    settings = (kind, str(raw_root), resize, conversion)
     prev = _prepared_or_pending(out)
     if prev is not None and not force and _settings_of(prev) != settings:
-        pk, pr, ps = _settings_of(prev)
-        diff = [f"{n} {a!r} (now {b!r})" for n, a, b in
+        pk, pr, ps, pc = _settings_of(prev)
+        diff = [f"a different {n} {a!r} (now {b!r})" for n, a, b in
                 (("kind", pk, kind), ("raw_root", pr, str(raw_root)), ("resize", ps, resize)) if a != b]
-        raise DataError(f"{out} was prepared with a different {', '.join(diff)}; "
+        if pc != conversion:
+            diff.append(f"another {conversion_name} (recorded in its dataset.json as 'conversion')")
+        # finished labels are reused on a re-run: with other settings they would be silently wrong
+        raise DataError(f"{out} was prepared with {', '.join(diff)}; "
                         "use another output folder or --force to redo it")
     if prev is None and not force and out.is_dir() and any(out.iterdir()):
         # not ours: writing labels/, splits/ ... into an arbitrary folder is most likely a typo
@@ -329,10 +338,11 @@ def prepare(
                    if same and s not in splits and (out / "splits" / f"{s}.txt").is_file()}
     labels_before = {s: v for s, v in (prev or {}).get("has_labels", {}).items() if s in kept_before}
 
+    conv_meta = {} if conversion is None else {"conversion": conversion}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / IN_PROGRESS, {"format": FORMAT, "version": VERSION, "kind": kind, **space_meta,
                                    "raw_root": str(raw_root), "resize": list(resize) if resize else None,
-                                   "splits": kept_before, "has_labels": labels_before})
+                                   **conv_meta, "splits": kept_before, "has_labels": labels_before})
     (out / "dataset.json").unlink(missing_ok=True)  # from here on the folder is unfinished
 
     # Image-only items without --resize write nothing; the previous split list says which raw
@@ -392,7 +402,7 @@ def prepare(
     }
     write_json(out / "report.json", report)
     meta = {"format": FORMAT, "version": VERSION, "kind": kind, **space_meta,
-            "raw_root": str(raw_root), "resize": list(resize) if resize else None,
+            "raw_root": str(raw_root), "resize": list(resize) if resize else None, **conv_meta,
             "splits": {**kept_before, **{s: len(kept[s]) for s in splits}},
             "has_labels": {**labels_before, **labelled}}
     write_json(out / "dataset.json", meta)

@@ -23,15 +23,14 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from segadapt.data.io import read_json, read_label, write_json
+from segadapt.data.io import read_label
 from segadapt.data.labelspace import IGNORE, LABEL_SPACES, LabelSpace
-from segadapt.data.prepare.common import IN_PROGRESS, RawItem, prepare
+from segadapt.data.prepare.common import RawItem, prepare
 from segadapt.errors import DataError, UsageError
 
 KIND = "folder"
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 MAX_VALUE = 65535  # labels may be 16-bit PNGs
-SIDECAR = "classes.json"  # in the prepared folder: the value mapping of the last run
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
@@ -218,47 +217,13 @@ def _classes_record(space: LabelSpace, mapping: dict[int, int], ignore: list[int
     return {"label_space": space.to_dict(), "values": [[v, t] for v, t in sorted(mapping.items())], "ignore": list(ignore)}
 
 
-def _check_same_classes(out: Path, record: dict, force: bool) -> None:
-    """The engine reuses finished labels on a re-run, and its settings (kind, raw root, resize) do not
-    include the classes file: labels made with another one would be silently wrong, so a different
-    classes file is refused unless forced. ``classes.json`` (written after each run) holds the full
-    value mapping; dataset.json or the in-progress marker still tell an interrupted first run's label space."""
-    if force:
-        return
-    side = out / SIDECAR
-    if side.is_file():
-        try:
-            before = read_json(side)
-        except DataError:
-            before = None
-        if before != record:
-            raise DataError(f"{out} was prepared with another classes file (see {side}); "
-                            "use another output folder or --force to redo it")
-        return
-    for name in ("dataset.json", IN_PROGRESS):
-        p = out / name
-        if p.is_file():
-            try:
-                meta = read_json(p)
-            except DataError:
-                return
-            before = meta.get("label_space_def") if isinstance(meta, dict) else None
-            if meta.get("kind") == KIND and before is not None and before != record["label_space"]:
-                raise DataError(f"{out} was prepared with another classes file (label space "
-                                f"'{before.get('name')}'); use another output folder or --force to redo it")
-            return
-
-
 def prepare_folder(raw_root, out, *, classes, splits=None, resize=None, workers: int = 0, force: bool = False) -> dict:
     """Prepare ``RAW/images`` + ``RAW/labels`` described by the ``classes`` YAML file into ``out``.
-    Besides the engine's files, ``out/classes.json`` records the raw value -> trainId mapping used."""
+    The raw value -> trainId mapping used is recorded in dataset.json ("conversion"): a re-run with another
+    classes file is refused unless forced, since finished labels would be reused."""
     space, mapping, ignore = load_classes(classes)
     items, has_labels = find_items(raw_root, splits)
-    out = Path(os.path.abspath(Path(out).expanduser()))
-    record = _classes_record(space, mapping, ignore)
-    _check_same_classes(out, record, force)
     convert = FolderLabels(mapping, ignore, Path(classes).name)
-    report = prepare(KIND, items, convert, space, raw_root, out, resize=resize, workers=workers, force=force,
-                     has_labels=has_labels, read_raw_label=read_folder_label)
-    write_json(out / SIDECAR, record)
-    return report
+    return prepare(KIND, items, convert, space, raw_root, out, resize=resize, workers=workers, force=force,
+                   has_labels=has_labels, read_raw_label=read_folder_label,
+                   conversion=_classes_record(space, mapping, ignore), conversion_name="classes file")
