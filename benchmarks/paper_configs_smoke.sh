@@ -33,12 +33,16 @@ for bench in gta5_cityscapes synthia_cityscapes; do
         run "$bench-$cfg" $SEGADAPT warmup -c $bench/$cfg --source "$src" --target "$DATA/target" \
             --out "$OUT/$bench-$cfg" "${NOW[@]}"
     done
-    run "$bench-pl" $SEGADAPT pseudo-label --ckpt "$OUT/$bench-diga_warmup/last.pt" --data "$DATA/target" \
-        --split train --out "$OUT/$bench-pl" --force
-    for cfg in diga_self_train t2s threshold; do
-        [ -f "segadapt/configs/$bench/$cfg.yaml" ] || continue
-        run "$bench-$cfg" $SEGADAPT self-train -c $bench/$cfg --ckpt "$OUT/$bench-diga_warmup/last.pt" \
-            --pseudo-labels "$OUT/$bench-pl" --source "$DATA/source" --target "$DATA/target" \
-            --out "$OUT/$bench-$cfg" "${NOW[@]}"
+    # self-training from the warm-up of the same model (DeepLab-v2, or MiT-B5 for the _daformer configs)
+    for model in "" _daformer; do
+        [ -f "$OUT/$bench-diga_warmup$model/last.pt" ] || continue
+        run "$bench-pl$model" $SEGADAPT pseudo-label --ckpt "$OUT/$bench-diga_warmup$model/last.pt" \
+            --data "$DATA/target" --split train --out "$OUT/$bench-pl$model" --force
+        for cfg in diga_self_train$model t2s$model threshold$model; do
+            [ -f "segadapt/configs/$bench/$cfg.yaml" ] || continue
+            run "$bench-$cfg" $SEGADAPT self-train -c $bench/$cfg --ckpt "$OUT/$bench-diga_warmup$model/last.pt" \
+                --pseudo-labels "$OUT/$bench-pl$model" --source "$DATA/source" --target "$DATA/target" \
+                --out "$OUT/$bench-$cfg" "${NOW[@]}"
+        done
     done
 done
