@@ -6,26 +6,22 @@ the kind of target batches it needs, and the loss of one iteration."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import signal
-import threading
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from segadapt.config import dump_config, provenance
-from segadapt.console import log, progress
+from segadapt.console import log
 from segadapt.data.datasets import TrainCrops
 from segadapt.data.io import write_text
 from segadapt.data.sampling import RareClassSampling, make_stream, sample_seed
 from segadapt.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segadapt.engine import distributed as D
 from segadapt.engine.device import amp_dtype, autocast, use_channels_last
+from segadapt.engine.loop import run_iterations
 from segadapt.engine.optim import build_optimizer, set_lr
 from segadapt.errors import DataError, UsageError
 
@@ -175,24 +171,6 @@ class Trainer:
                                             rank=r, world_size=w)
         return streams
 
-    def _metrics_log(self):
-        if not self.dist.is_main:
-            return open(os.devnull, "w")
-        path = self.out / "metrics.jsonl"
-        if self.start > 0 and path.exists():  # drop records past the checkpoint so the log matches the resumed run
-            keep = []
-            for line in path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if rec.get("iter", 0) < self.start:
-                    keep.append(line)
-            write_text(path, "".join(f"{line}\n" for line in keep))
-        elif self.start == 0:
-            path.unlink(missing_ok=True)
-        return open(path, "a", buffering=1)
-
     def _step(self, batch: dict, it: int) -> tuple[torch.Tensor, dict]:
         """Forward and backward of one iteration, in ``grad_accum`` micro-batches (same global batch,
         less memory); returns the loss and logs averaged over micro-batches."""
@@ -224,88 +202,35 @@ class Trainer:
             log(f"run in {self.out} already finished ({self.iters} iterations)")
             return {"iterations": self.iters}
         tcfg = self.cfg["train"]
-        log_every, ckpt_every = int(tcfg.get("log_every", 10)), int(tcfg.get("ckpt_every", 500))
         streams = self._streams()
         self.method.train()
-        metrics = self._metrics_log()
-        it = self.start
-        last = {}
-        in_update = False  # True between the optimiser step and the EMA update: no consistent state to save
-        t0 = time.time()
-        with _graceful_stop() as stop:
-            try:
-                with progress(self.iters - self.start, f"{self.method.stage} {self.method.name}") as advance:
-                    for it in range(self.start, self.iters):
-                        # every iteration's randomness (mixing, augmentation choices) derives from (seed, it)
-                        torch.manual_seed(sample_seed(self.seed, 99 + 1000 * self.dist.rank, it))
-                        batch = {k: _to_device(next(s), self.device, self.channels_last) for k, s in streams.items()}
-                        lr = set_lr(self.optimizer, it, self.iters, self.cfg["optim"])
-                        self.optimizer.zero_grad(set_to_none=True)
-                        loss, logs = self._step(batch, it)
-                        # one small all-reduce: the global mean loss and whether any rank was asked to stop,
-                        # so that every rank stops (or fails) at the same iteration
-                        loss, stopping = D.reduce_loss_and_flag(loss, stop.signal is not None)
-                        if not torch.isfinite(loss):
-                            raise DataError(f"loss became {loss.item()} at iteration {it}; last good checkpoint: "
-                                            f"{self.out / 'last.pt'}")
-                        D.average_gradients(self._params())
-                        in_update = True
-                        self.scaler.step(self.optimizer)
-                        self.scaler.update()
-                        self.method.after_step(it)
-                        in_update = False
-                        logs = {"loss": loss.item(), **logs}
-                        last = logs
-                        if it % log_every == 0 or it == self.iters - 1:
-                            rec = {"iter": it, "lr": lr, **logs, "time": round(time.time() - t0, 3)}
-                            metrics.write(json.dumps(rec) + "\n")
-                        advance(1, info=f"loss {logs['loss']:.4f}")
-                        if stopping and it + 1 < self.iters:
-                            self.save(it + 1)
-                            raise DataError(f"stopped by {stop.signal or 'a signal to another rank'} after iteration "
-                                            f"{it}; state saved in "
-                                            f"{self.out / 'last.pt'}, continue with --resume")
-                        if (it + 1) % ckpt_every == 0 and it + 1 < self.iters:
-                            self.save(it + 1)
-            except KeyboardInterrupt:
-                # an interrupt inside the forward/backward pass left the weights untouched: keep every
-                # finished iteration; one during the update cannot be undone, so the periodic checkpoint stays
-                if not in_update:
-                    self.save(it)
-                    raise DataError(f"interrupted at iteration {it}; state saved, continue with --resume") from None
-                raise DataError(f"interrupted at iteration {it}; continue from the last checkpoint with --resume") \
-                    from None
-            finally:
-                metrics.close()
-        self.save(self.iters)
-        log(f"finished {self.iters} iterations in {time.time() - t0:.1f}s; checkpoint {self.out / 'last.pt'}")
-        return {"iterations": self.iters, **last}
+        updating = [False]  # True between the optimiser step and the EMA update: no consistent state to save
 
+        def step(it, stop):
+            # every iteration's randomness (mixing, augmentation choices) derives from (seed, it)
+            torch.manual_seed(sample_seed(self.seed, 99 + 1000 * self.dist.rank, it))
+            batch = {k: _to_device(next(s), self.device, self.channels_last) for k, s in streams.items()}
+            lr = set_lr(self.optimizer, it, self.iters, self.cfg["optim"])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss, logs = self._step(batch, it)
+            # one small all-reduce: the global mean loss and whether any rank was asked to stop,
+            # so that every rank stops (or fails) at the same iteration
+            loss, stopping = D.reduce_loss_and_flag(loss, stop.signal is not None)
+            if not torch.isfinite(loss):
+                raise DataError(f"loss became {loss.item()} at iteration {it}; last good checkpoint: "
+                                f"{self.out / 'last.pt'}")
+            D.average_gradients(self._params())
+            updating[0] = True
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.method.after_step(it)
+            updating[0] = False
+            return lr, {"loss": loss.item(), **logs}, stopping
 
-class _StopFlag:
-    signal: str | None = None
-
-
-@contextlib.contextmanager
-def _graceful_stop():
-    """SIGTERM (cluster pre-emption) or a first Ctrl-C finish the current iteration, save, and stop; a
-    second Ctrl-C stops at once."""
-    flag = _StopFlag()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, _frame):
-        if flag.signal is not None:  # asked twice: stop now
-            raise KeyboardInterrupt
-        flag.signal = signal.Signals(signum).name
-
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
+        return run_iterations(step, start=self.start, iters=self.iters, out=self.out, save=self.save,
+                              log_every=int(tcfg.get("log_every", 10)), ckpt_every=int(tcfg.get("ckpt_every", 500)),
+                              label=f"{self.method.stage} {self.method.name}", info=lambda g: f"loss {g['loss']:.4f}",
+                              in_update=lambda: updating[0], is_main=self.dist.is_main)
 
 
 def check_resume_config(ckpt: dict, cfg: dict, out: Path) -> None:

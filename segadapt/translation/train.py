@@ -15,8 +15,6 @@ would have logged.
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import torch
@@ -24,7 +22,7 @@ from torch import nn
 
 from segadapt import config as C
 from segadapt.config import dump_config, provenance
-from segadapt.console import log, progress
+from segadapt.console import log
 from segadapt.data.datasets import TrainCrops
 from segadapt.data.io import write_text
 from segadapt.data.prepared import PreparedDataset
@@ -32,7 +30,8 @@ from segadapt.data.sampling import make_stream, sample_seed
 from segadapt.engine import distributed as D
 from segadapt.engine.checkpoint import RunLock, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segadapt.engine.device import amp_dtype, autocast, resolve_device
-from segadapt.engine.trainer import _graceful_stop, check_resume_config, prepare_run_dir, seed_everything
+from segadapt.engine.loop import run_iterations
+from segadapt.engine.trainer import check_resume_config, prepare_run_dir, seed_everything
 from segadapt.errors import DataError, UsageError
 from segadapt.translation.losses import (EDGE_MODES, cycle_loss, discriminator_loss, lsgan_loss,
                                          semantic_edge_loss)
@@ -203,23 +202,6 @@ class TranslatorStep:
 
 # -- the run ---------------------------------------------------------------------------------------
 
-def _open_metrics(path: Path, start: int):
-    """metrics.jsonl for appending; on resume, records at or past the checkpoint are dropped so the log
-    matches the uninterrupted run."""
-    if start > 0 and path.exists():
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line).get("iter", 0) < start:
-                    keep.append(line)
-            except json.JSONDecodeError:
-                continue
-        write_text(path, "".join(f"{line}\n" for line in keep))
-    elif start == 0:
-        path.unlink(missing_ok=True)
-    return open(path, "a", buffering=1)
-
-
 class TranslatorTrainer:
     def __init__(self, cfg: dict, source_items, target_items, out: Path, device, resume_ckpt: dict | None = None):
         self.cfg, self.out, self.device = cfg, Path(out), device
@@ -260,45 +242,23 @@ class TranslatorTrainer:
         bs, workers = int(self.cfg["data"]["batch_size"]), int(self.cfg["data"].get("workers", 0))
         src = make_stream(self.source_ds, bs, self.seed, 0, self.start, self.iters, workers)
         tgt = make_stream(self.target_ds, bs, self.seed, 1, self.start, self.iters, workers)
-        metrics = _open_metrics(self.out / "metrics.jsonl", self.start)
-        it, last, t0 = self.start, {}, time.time()
-        with _graceful_stop() as stop:
+
+        def step(it, stop):
+            torch.manual_seed(sample_seed(self.seed, 99, it))  # as the segmentation engine does
+            sb, tb = next(src), next(tgt)
+            xs, ys = sb["image"].to(self.device), sb["label"].to(self.device)
+            xt = tb["image"].to(self.device)
+            lr = self.core.set_lr(it, self.iters)
             try:
-                with progress(self.iters - self.start, "train-translator") as advance:
-                    for it in range(self.start, self.iters):
-                        torch.manual_seed(sample_seed(self.seed, 99, it))  # as the segmentation engine does
-                        sb, tb = next(src), next(tgt)
-                        xs, ys = sb["image"].to(self.device), sb["label"].to(self.device)
-                        xt = tb["image"].to(self.device)
-                        lr = self.core.set_lr(it, self.iters)
-                        try:
-                            logs = self.core.step(xs, ys, xt)
-                        except DataError as e:
-                            raise DataError(f"{e} at iteration {it}; last good checkpoint: {self.out / 'last.pt'}") \
-                                from None
-                        last = logs
-                        if it % log_every == 0 or it == self.iters - 1:
-                            metrics.write(json.dumps({"iter": it, "lr": lr, **logs,
-                                                      "time": round(time.time() - t0, 3)}) + "\n")
-                        advance(1, info=f"G {logs['loss_g']:.3f} D {logs['loss_d']:.3f}")
-                        if stop.signal is not None and it + 1 < self.iters:
-                            self.save(it + 1)
-                            raise DataError(f"stopped by {stop.signal} after iteration {it}; state saved in "
-                                            f"{self.out / 'last.pt'}, continue with --resume")
-                        if (it + 1) % ckpt_every == 0 and it + 1 < self.iters:
-                            self.save(it + 1)
-            except KeyboardInterrupt:
-                if not self.core.in_update:  # the weights are those after iteration it - 1
-                    self.save(it)
-                    raise DataError(f"interrupted at iteration {it}; state saved, continue with --resume") from None
-                raise DataError(f"interrupted at iteration {it}; continue from the last checkpoint with --resume") \
-                    from None
-            finally:
-                metrics.close()
-        self.save(self.iters)
-        log(f"finished {self.iters} translator iterations in {time.time() - t0:.1f}s; "
-            f"checkpoint {self.out / 'last.pt'}")
-        return {"iterations": self.iters, **last}
+                logs = self.core.step(xs, ys, xt)
+            except DataError as e:
+                raise DataError(f"{e} at iteration {it}; last good checkpoint: {self.out / 'last.pt'}") from None
+            return lr, logs, stop.signal is not None
+
+        return run_iterations(step, start=self.start, iters=self.iters, out=self.out, save=self.save,
+                              log_every=log_every, ckpt_every=ckpt_every, label="train-translator",
+                              info=lambda g: f"G {g['loss_g']:.3f} D {g['loss_d']:.3f}",
+                              in_update=lambda: self.core.in_update, noun="translator iterations")
 
 
 def _items(root: Path, split: str, need_labels: bool, what: str):
