@@ -19,8 +19,9 @@ def mute() -> None:
 
 
 def log(message: str) -> None:
+    # soft_wrap: a log line stays one line (rich would break long paths at 80 columns in piped logs)
     if not _muted:
-        console.print(message, highlight=False)
+        console.print(message, highlight=False, soft_wrap=True)
 
 
 @contextmanager

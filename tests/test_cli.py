@@ -127,3 +127,13 @@ def test_pseudo_label_rerun_skips_finished_files(tiny_bench, tmp_path):
     assert "8 of 8 images already done" in p.stderr
     assert all(f.stat().st_mtime_ns == t for f, t in mtimes.items())
     assert np.all([f.exists() for f in mtimes])
+
+
+def test_log_lines_are_not_wrapped(capsys):
+    # piped logs keep a long path on its line, so scripts can grep it
+    from segadapt.console import log
+
+    path = "/runs/" + "x" * 150 + "/last.pt"
+    log(f"finished 3 iterations; checkpoint {path}")
+    err = capsys.readouterr().err
+    assert err == f"finished 3 iterations; checkpoint {path}\n"
