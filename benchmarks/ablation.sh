@@ -13,15 +13,8 @@
 set -euo pipefail
 OUT=${1:?usage: benchmarks/ablation.sh OUT [synthetic|camvid_day2dusk]}
 BENCH=${2:-synthetic}
-SEGADAPT=${SEGADAPT:-segadapt}
-export SEGADAPT_QUIET=1
-SEED=$(sed -n 's/^seed: *//p' "$OUT/warmup/config.yaml" | head -1)
-S=(--set "seed=$SEED" --resume)
-case $BENCH in
-    synthetic) SRC=$OUT/data/source TGT=$OUT/data/target EVAL=(--data "$OUT/data/target" --split val) ;;
-    camvid_day2dusk) SRC=$OUT/data/day TGT=$OUT/data/dusk EVAL=(--data "$OUT/data/dusk" --split train --size 240x180) ;;
-    *) echo "unknown benchmark $BENCH" >&2; exit 2 ;;
-esac
+source "$(dirname "$0")/common.sh"
+bench_setup "$OUT" "$BENCH"
 
 $SEGADAPT warmup -c $BENCH/diga_warmup --source "$SRC" --target "$TGT" --out "$OUT/a_skd" \
     --set diga.cdmix=false "${S[@]}" > /dev/null
@@ -29,9 +22,4 @@ for sel in threshold dps; do
     $SEGADAPT self-train -c $BENCH/diga_self_train --ckpt "$OUT/warmup/last.pt" --pseudo-labels "$OUT/pl_1" \
         --source "$SRC" --target "$TGT" --out "$OUT/a_st_$sel" --set diga.selection=$sel "${S[@]}" > /dev/null
 done
-mkdir -p "$OUT/eval"
-for stage in a_skd a_st_threshold a_st_dps; do
-    $SEGADAPT evaluate --ckpt "$OUT/$stage/last.pt" "${EVAL[@]}" --json > "$OUT/eval/$stage.json.tmp"
-    mv "$OUT/eval/$stage.json.tmp" "$OUT/eval/$stage.json"
-done
-echo "done: $OUT/eval" >&2
+evaluate_stages a_skd a_st_threshold a_st_dps

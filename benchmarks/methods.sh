@@ -11,15 +11,8 @@
 set -euo pipefail
 OUT=${1:?usage: benchmarks/methods.sh OUT [synthetic|camvid_day2dusk]}
 BENCH=${2:-synthetic}
-SEGADAPT=${SEGADAPT:-segadapt}
-export SEGADAPT_QUIET=1
-SEED=$(sed -n 's/^seed: *//p' "$OUT/warmup/config.yaml" | head -1)
-S=(--set "seed=$SEED" --resume)
-case $BENCH in
-    synthetic) SRC=$OUT/data/source TGT=$OUT/data/target EVAL=(--data "$OUT/data/target" --split val) ;;
-    camvid_day2dusk) SRC=$OUT/data/day TGT=$OUT/data/dusk EVAL=(--data "$OUT/data/dusk" --split train --size 240x180) ;;
-    *) echo "unknown benchmark $BENCH" >&2; exit 2 ;;
-esac
+source "$(dirname "$0")/common.sh"
+bench_setup "$OUT" "$BENCH"
 
 for m in plca dacs; do
     $SEGADAPT warmup -c $BENCH/$m --source "$SRC" --target "$TGT" --out "$OUT/m_$m" "${S[@]}" > /dev/null
@@ -31,9 +24,4 @@ for m in t2s threshold dacs; do
     $SEGADAPT self-train -c $BENCH/$m --method $m --ckpt "$OUT/warmup/last.pt" --pseudo-labels "$OUT/pl_1" \
         --source "$SRC" --target "$TGT" --out "$OUT/m_st_$m" "${S[@]}" --iters "$ITERS" --set "optim.lr=$LR" > /dev/null
 done
-mkdir -p "$OUT/eval"
-for stage in m_plca m_dacs m_st_t2s m_st_threshold m_st_dacs; do
-    $SEGADAPT evaluate --ckpt "$OUT/$stage/last.pt" "${EVAL[@]}" --json > "$OUT/eval/$stage.json.tmp"
-    mv "$OUT/eval/$stage.json.tmp" "$OUT/eval/$stage.json"
-done
-echo "done: $OUT/eval" >&2
+evaluate_stages m_plca m_dacs m_st_t2s m_st_threshold m_st_dacs
