@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
+# soft_wrap: a log line stays one line (rich would break long paths at 80 columns in piped logs)
+console = Console(stderr=True, soft_wrap=True)
 _muted = False  # set on every rank but 0 of a multi-process run: one log, not N interleaved copies
 
 
@@ -19,9 +20,8 @@ def mute() -> None:
 
 
 def log(message: str) -> None:
-    # soft_wrap: a log line stays one line (rich would break long paths at 80 columns in piped logs)
     if not _muted:
-        console.print(message, highlight=False, soft_wrap=True)
+        console.print(message, highlight=False)
 
 
 @contextmanager

@@ -93,4 +93,4 @@ def evaluate(
         from rich.console import Console
 
         Console().print(format_table(result, f"{split}: {result['num_images']} images"))
-        console.print(f"protocol: {json.dumps(result['protocol'])}", highlight=False, soft_wrap=True)
+        console.print(f"protocol: {json.dumps(result['protocol'])}", highlight=False)
