@@ -3,7 +3,6 @@ atomically (temporary file, fsync, rename) so a kill during a save never leaves 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import tempfile
@@ -74,44 +73,55 @@ def set_rng_state(state: dict) -> None:
 class RunLock:
     """An exclusive lock on an output folder (``OUT/.lock``), held while a stage writes there.
 
-    ``flock`` locks die with their process, so a run killed with ``kill -9`` leaves no stale lock to
-    clean up, while a second run started on the same folder is refused at once instead of
-    interleaving checkpoints with the first. The file records the holder's host and pid for the
-    message."""
+    ``filelock`` takes an OS lock on the file (``flock`` on Linux/macOS, ``msvcrt.locking`` on
+    Windows); such locks die with their process, so a run killed with ``kill -9`` leaves no stale
+    lock to clean up, while a second run started on the same folder is refused at once instead of
+    interleaving checkpoints with the first. The holder's host and pid go to ``OUT/.lock.holder``
+    for the message (not into the lock file: Windows forbids reading a locked region)."""
 
     _held: dict[str, "RunLock"] = {}  # locks this process holds, until the stage ends (``release_folder``)
 
     def __init__(self, folder: Path):
         self.path = Path(folder) / ".lock"
-        self.fd = None
+        self.holder_path = Path(folder) / ".lock.holder"
+        self.lock = None
+
+    def _file_lock(self):
+        import filelock
+
+        try:  # no silent switch to an existence-file lock, which a killed run would leave behind (filelock >= 3.30)
+            return filelock.FileLock(str(self.path), timeout=0, fallback_to_soft=False)
+        except TypeError:
+            return filelock.FileLock(str(self.path), timeout=0)
 
     def acquire(self) -> "RunLock":
-        import fcntl
         import socket
+
+        import filelock
 
         key = str(self.path.resolve())
         if key in RunLock._held:
             return RunLock._held[key]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        lock = self._file_lock()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                os.close(fd)  # a file system without locks (some NFS set-ups): run unprotected rather than not at all
-                from segadapt.console import log
-
-                log(f"note: cannot lock {self.path} ({e.strerror}); make sure no other run writes there")
-                return self
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
             try:
-                holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
-            finally:
-                os.close(fd)
+                holder = self.holder_path.read_text(errors="replace").strip()[:200] or "unknown"
+            except OSError:
+                holder = "unknown"
             raise DataError(f"another segadapt run ({holder}) is writing into {self.path.parent}; "
                             "wait for it to finish or stop it first") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"host {socket.gethostname()} pid {os.getpid()}".encode())
-        self.fd = fd
+        except OSError as e:  # a file system without locks (some NFS set-ups): run unprotected rather than not at all
+            from segadapt.console import log
+
+            log(f"note: cannot lock {self.path} ({e.strerror or e}); make sure no other run writes there")
+            return self
+        from segadapt.data.io import write_text
+
+        write_text(self.holder_path, f"host {socket.gethostname()} pid {os.getpid()}")
+        self.lock = lock
         RunLock._held[key] = self
         return self
 
@@ -123,10 +133,8 @@ class RunLock:
             held.release()
 
     def release(self) -> None:
-        if self.fd is not None:
-            import fcntl
-
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
+        if self.lock is not None:
+            self.holder_path.unlink(missing_ok=True)  # before the unlock: never deletes the next holder's record
+            self.lock.release()
             RunLock._held.pop(str(self.path.resolve()), None)
-            self.fd = None
+            self.lock = None
