@@ -18,6 +18,7 @@ from segadapt.engine.checkpoint import RunLock, file_sha256
 from segadapt.engine.device import resolve_device
 from segadapt.engine.inference import load_model
 from segadapt.engine.pseudo_label import load_pseudo_labels
+from segadapt.engine.runlog import check_log_config
 from segadapt.engine.trainer import Trainer, check_resume_config, load_resume, prepare_run_dir, seed_everything
 from segadapt.errors import DataError, SegadaptError, UsageError
 from segadapt.methods import method_class
@@ -40,6 +41,7 @@ def resolve_train_config(config: str, overrides: list[str], method: str | None, 
     method_class(stage, name)  # an unknown method is named before its missing config section
     if not isinstance(cfg.get(name), dict):
         raise UsageError(f"config has no settings section for method '{name}' (add a '{name}:' section)")
+    check_log_config(cfg)
     return cfg
 
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from segadapt.data.labelspace import IGNORE
 from segadapt.engine.checkpoint import load_checkpoint
+from segadapt.engine.runlog import WALL_CLOCK_KEYS
 from segadapt.errors import DataError, UsageError
 from segadapt.models.segmenter import build_segmenter
 from segadapt.translation.losses import (cycle_loss, discriminator_loss, lsgan_loss, semantic_edge_loss,
@@ -167,7 +168,7 @@ def _records(run: Path):
 def test_translator_resume_is_exact(tiny_bench, tmp_path, monkeypatch):
     extra = ["generator.residual=false"]
     _run(tiny_bench, tmp_path / "ref", 4, extra=extra)
-    ref = [{k: v for k, v in r.items() if k != "time"} for r in _records(tmp_path / "ref")]
+    ref = [{k: v for k, v in r.items() if k not in WALL_CLOCK_KEYS} for r in _records(tmp_path / "ref")]
     assert [r["iter"] for r in ref] == [0, 1, 2, 3]
 
     original, calls = TranslatorStep.step, []
@@ -186,7 +187,7 @@ def test_translator_resume_is_exact(tiny_bench, tmp_path, monkeypatch):
     with pytest.raises(DataError, match="already holds a run"):
         _run(tiny_bench, tmp_path / "cut", 4, extra=extra)
     result = _run(tiny_bench, tmp_path / "cut", 4, extra=extra, resume=True)
-    got = [{k: v for k, v in r.items() if k != "time"} for r in _records(tmp_path / "cut")]
+    got = [{k: v for k, v in r.items() if k not in WALL_CLOCK_KEYS} for r in _records(tmp_path / "cut")]
     assert got == ref  # identical, not merely close
     assert result["iterations"] == 4
     with pytest.raises(UsageError, match="different configuration"):

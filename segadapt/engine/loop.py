@@ -20,6 +20,7 @@ from pathlib import Path
 
 from segadapt.console import log, progress
 from segadapt.data.io import write_text
+from segadapt.engine.runlog import TensorBoardMirror, WindowMeter, read_records
 from segadapt.errors import DataError
 
 
@@ -74,13 +75,23 @@ StepFn = Callable[[int, StopFlag], "tuple[float, dict, bool]"]
 
 def run_iterations(step: StepFn, *, start: int, iters: int, out: Path, save: Callable[[int], None],
                    log_every: int, ckpt_every: int, label: str, info: Callable[[dict], str],
-                   in_update: Callable[[], bool], is_main: bool = True, noun: str = "iterations") -> dict:
+                   in_update: Callable[[], bool], is_main: bool = True, noun: str = "iterations",
+                   batch_size: int | None = None, device=None, tensorboard: bool = False) -> dict:
     """Runs iterations ``start .. iters - 1`` of a stage and saves its final checkpoint.
 
     ``in_update()`` says whether an interrupt now would land between the optimiser step and the end
     of the iteration (EMA updates ...): then no consistent state exists, and the periodic checkpoint
-    is what remains. Returns ``{"iterations": iters, **logs of the last iteration}``."""
+    is what remains. Each record also holds the window's throughput (``batch_size`` = the global
+    batch), ETA and, on CUDA, peak memory (``runlog.WindowMeter``); ``tensorboard`` mirrors the
+    records into ``out/tensorboard`` (rank 0), rebuilt from the kept log on resume.
+    Returns ``{"iterations": iters, **logs of the last iteration}``."""
     metrics = open_metrics(out / "metrics.jsonl", start, is_main)
+    try:
+        mirror = TensorBoardMirror(out, read_records(out / "metrics.jsonl")) if tensorboard and is_main else None
+    except BaseException:
+        metrics.close()
+        raise
+    meter = WindowMeter(start, iters, batch_size, device)
     it, last, t0 = start, {}, time.time()
     with graceful_stop() as stop:
         try:
@@ -89,8 +100,10 @@ def run_iterations(step: StepFn, *, start: int, iters: int, out: Path, save: Cal
                     lr, logs, stopping = step(it, stop)
                     last = logs
                     if it % log_every == 0 or it == iters - 1:
-                        metrics.write(json.dumps({"iter": it, "lr": lr, **logs,
-                                                  "time": round(time.time() - t0, 3)}) + "\n")
+                        record = {"iter": it, "lr": lr, **logs, "time": round(time.time() - t0, 3), **meter.window(it)}
+                        metrics.write(json.dumps(record) + "\n")
+                        if mirror is not None:
+                            mirror.write(record)
                     advance(1, info=info(logs))
                     if stopping and it + 1 < iters:
                         save(it + 1)
@@ -108,6 +121,8 @@ def run_iterations(step: StepFn, *, start: int, iters: int, out: Path, save: Cal
                 from None
         finally:
             metrics.close()
+            if mirror is not None:
+                mirror.close()
     save(iters)
     log(f"finished {iters} {noun} in {time.time() - t0:.1f}s; checkpoint {out / 'last.pt'}")
     return {"iterations": iters, **last}

@@ -22,6 +22,7 @@ from segadapt.engine.checkpoint import load_checkpoint, rng_state, save_checkpoi
 from segadapt.engine import distributed as D
 from segadapt.engine.device import amp_dtype, autocast, use_channels_last
 from segadapt.engine.loop import run_iterations
+from segadapt.engine.runlog import tensorboard_enabled
 from segadapt.engine.optim import build_optimizer, set_lr
 from segadapt.errors import DataError, UsageError
 
@@ -230,12 +231,15 @@ class Trainer:
         return run_iterations(step, start=self.start, iters=self.iters, out=self.out, save=self.save,
                               log_every=int(tcfg.get("log_every", 10)), ckpt_every=int(tcfg.get("ckpt_every", 500)),
                               label=f"{self.method.stage} {self.method.name}", info=lambda g: f"loss {g['loss']:.4f}",
-                              in_update=lambda: updating[0], is_main=self.dist.is_main)
+                              in_update=lambda: updating[0], is_main=self.dist.is_main,
+                              batch_size=int(self.cfg["data"]["batch_size"]), device=self.device,
+                              tensorboard=tensorboard_enabled(self.cfg))
 
 
 def check_resume_config(ckpt: dict, cfg: dict, out: Path) -> None:
     old = dict(ckpt.get("config", {}))
-    diff = [k for k in _config_diff(old, cfg) if not k.startswith("provenance")]
+    # log settings change what is written beside the run, not the run: they may differ on resume
+    diff = [k for k in _config_diff(old, cfg) if k.split(".")[0] not in ("provenance", "log")]
     if diff:
         raise UsageError(f"{out} was started with a different configuration (differs in: {', '.join(diff[:6])}); "
                          "resume with the same options, or use --force to start over")

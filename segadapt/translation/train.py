@@ -31,6 +31,7 @@ from segadapt.engine import distributed as D
 from segadapt.engine.checkpoint import RunLock, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segadapt.engine.device import amp_dtype, autocast, resolve_device
 from segadapt.engine.loop import run_iterations
+from segadapt.engine.runlog import check_log_config, tensorboard_enabled
 from segadapt.engine.trainer import check_resume_config, prepare_run_dir, seed_everything
 from segadapt.errors import DataError, UsageError
 from segadapt.translation.losses import (EDGE_MODES, cycle_loss, discriminator_loss, lsgan_loss,
@@ -51,6 +52,7 @@ def resolve_translator_config(config: str, overrides: list[str], iters: int | No
     for key in ("seed", "data", "generator", "discriminator", "loss", "optim", "train"):
         C.require(cfg, key)
     check_translator_config(cfg)
+    check_log_config(cfg)
     return cfg
 
 
@@ -258,7 +260,8 @@ class TranslatorTrainer:
         return run_iterations(step, start=self.start, iters=self.iters, out=self.out, save=self.save,
                               log_every=log_every, ckpt_every=ckpt_every, label="train-translator",
                               info=lambda g: f"G {g['loss_g']:.3f} D {g['loss_d']:.3f}",
-                              in_update=lambda: self.core.in_update, noun="translator iterations")
+                              in_update=lambda: self.core.in_update, noun="translator iterations",
+                              batch_size=bs, device=self.device, tensorboard=tensorboard_enabled(self.cfg))
 
 
 def _items(root: Path, split: str, need_labels: bool, what: str):

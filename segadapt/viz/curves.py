@@ -8,9 +8,11 @@ import os
 import tempfile
 from pathlib import Path
 
+from segadapt.engine.runlog import WALL_CLOCK_KEYS
 from segadapt.errors import DataError, UsageError
 
-EXCLUDED_KEYS = ("iter", "time")
+# not plotted unless asked for with keys=: the x axis, and the clock fields (throughput, ETA, GPU memory)
+EXCLUDED_KEYS = ("iter", *WALL_CLOCK_KEYS)
 
 
 def load_metrics(jsonl_path: str | Path) -> list[dict]:
@@ -48,7 +50,7 @@ def _is_number(v) -> bool:
 
 
 def default_keys(runs: dict[str, list[dict]]) -> list[str]:
-    """Every numeric key except iter/time: ``loss*`` first, then ``lr*``, then the rest
+    """Every numeric key except iter and the clock fields: ``loss*`` first, then ``lr*``, then the rest
     (each group in order of first appearance)."""
     seen: dict[str, None] = {}
     for records in runs.values():
