@@ -17,7 +17,7 @@ from segadapt.engine import pseudo_label as PL
 from segadapt.engine.device import amp_dtype, resolve_device
 from segadapt.engine.inference import Protocol
 from segadapt.engine.metrics import format_table
-from segadapt.errors import UsageError
+from segadapt.errors import DataError, UsageError
 
 WEIGHTS = typer.Option("student", "--weights", help="student, or teacher (the EMA model).")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ...")
@@ -75,18 +75,27 @@ def evaluate(
     device: str = DEVICE,
     amp: str = AMP,
     workers: int = typer.Option(0, "--workers"),
+    save_matrix: Optional[Path] = typer.Option(None, "--save-matrix",
+                                               help="Also write the confusion matrix (pixel counts, classes) to this "
+                                                    ".json file; picture it with `visualize confusion`."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --save-matrix file."),
 ):
     """Per-class IoU and mIoU from one confusion matrix over the split."""
     if (ckpt is None) == (pred_dir is None):
         raise UsageError("give exactly one of --ckpt or --pred-dir")
+    if save_matrix is not None:  # checked before a long evaluation, not after
+        if save_matrix.suffix.lower() != ".json":
+            raise UsageError(f"--save-matrix writes JSON: give a .json file, got {save_matrix}")
+        if save_matrix.exists() and not force:
+            raise DataError(f"{save_matrix} exists; pass --force to replace it")
     dataset = PreparedDataset(data)
     if ckpt is not None:
         dev = resolve_device(device)
         result = E.evaluate_checkpoint(ckpt, dataset, split, _protocol(scales, flip, fusion, mode, crop, stride),
                                        weights, dev, workers=workers, amp=amp_dtype(amp, dev),
-                                       size=parse_resize(size), classes=classes)
+                                       size=parse_resize(size), classes=classes, save_matrix=save_matrix)
     else:
-        result = E.evaluate_predictions(pred_dir, dataset, split, classes=classes)
+        result = E.evaluate_predictions(pred_dir, dataset, split, classes=classes, save_matrix=save_matrix)
     if json_out:
         typer.echo(json.dumps(result))
     else:

@@ -1,4 +1,4 @@
-"""`segadapt visualize panels | curves`."""
+"""`segadapt visualize panels | curves | confusion`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typer
 from segadapt.cli.options import float_list
 from segadapt.errors import UsageError
 
-app = typer.Typer(no_args_is_help=True, help="Pictures: prediction panels and training curves.")
+app = typer.Typer(no_args_is_help=True, help="Pictures: prediction panels, training curves, confusion matrices.")
 
 
 @app.command("panels", no_args_is_help=True)
@@ -60,4 +60,20 @@ def curves(
         name = r.name if r.is_dir() else r.parent.name
         data[name if name not in data else str(r)] = load_metrics(path)
     plot_curves(data, out, keys=[k.strip() for k in keys.split(",")] if keys else None, smooth=smooth)
+    typer.echo(json.dumps({"written": str(out)}))
+
+
+@app.command("confusion", no_args_is_help=True)
+def confusion(
+    matrix: Path = typer.Argument(..., help="Confusion matrix saved by `evaluate --save-matrix FILE.json`."),
+    out: Path = typer.Option(..., "--out", help="PNG file to write."),
+    title: Optional[str] = typer.Option(None, "--title", help="Title (default: label space, images, mIoU)."),
+):
+    """The confusion matrix as a picture: rows = ground truth normalised to 1, cells in percent."""
+    from segadapt.engine.evaluate import load_confusion
+    from segadapt.viz.confusion import plot_confusion
+
+    if out.suffix.lower() != ".png":
+        raise UsageError("--out must be a .png file")
+    plot_confusion(load_confusion(matrix), out, title=title)
     typer.echo(json.dumps({"written": str(out)}))

@@ -14,12 +14,45 @@ from torch.utils.data import DataLoader
 
 from segadapt.console import progress
 from segadapt.data.datasets import InferenceImages
-from segadapt.data.io import read_label
+from segadapt.data.io import read_json, read_label, write_json
 from segadapt.data.labelspace import protocol_indices
 from segadapt.engine import distributed as D
 from segadapt.engine.inference import Protocol, infer, load_model
 from segadapt.engine.metrics import ConfusionMatrix, compute
 from segadapt.errors import DataError
+
+MATRIX_FORMAT = "segadapt-confusion"
+
+
+def save_confusion(path, cm: ConfusionMatrix, label_space, result: dict) -> None:
+    """The split's confusion matrix as JSON (atomic; rank 0 under torchrun): raw pixel counts,
+    rows = ground truth, columns = prediction, in the label space's class order, plus ``missed``
+    (valid pixels predicted outside the classes) and what was evaluated."""
+    if not D.info().is_main:
+        return
+    write_json(path, {"format": MATRIX_FORMAT, "version": 1, "label_space": label_space.name,
+                      "classes": list(label_space.classes), "rows": "ground truth", "columns": "prediction",
+                      "matrix": cm.matrix.tolist(), "missed": cm.missed_per_class.tolist(),
+                      "num_images": result["num_images"], "miou": result["miou"], "protocol": result["protocol"]})
+
+
+def load_confusion(path) -> dict:
+    """A file of ``save_confusion``, checked: {classes, matrix (C x C int64), missed (C), ...}."""
+    data = read_json(path)
+    if not isinstance(data, dict) or data.get("format") != MATRIX_FORMAT:
+        raise DataError(f"{path} is not a confusion matrix saved by segadapt evaluate --save-matrix")
+    classes = data.get("classes")
+    try:
+        m = np.asarray(data["matrix"], dtype=np.int64)
+        missed = np.asarray(data.get("missed") or [0] * len(classes), dtype=np.int64)
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"{path}: 'matrix' and 'missed' must hold integer counts") from None
+    if not isinstance(classes, list) or m.shape != (len(classes), len(classes)) or missed.shape != (len(classes),):
+        raise DataError(f"{path}: the matrix must be C x C and 'missed' C long for its C = "
+                        f"{len(classes) if isinstance(classes, list) else '?'} classes")
+    if (m < 0).any() or (missed < 0).any():
+        raise DataError(f"{path}: negative pixel counts")
+    return {**data, "matrix": m, "missed": missed}
 
 
 def score(cm: ConfusionMatrix, label_space, classes: str = "all") -> dict:
@@ -46,9 +79,10 @@ def _require_labels(dataset, split):
 
 def evaluate_checkpoint(ckpt_path, dataset, split: str, protocol: Protocol, weights: str, device,
                         workers: int = 0, amp=None, limit: int | None = None, size=None,
-                        classes: str = "all") -> dict:
+                        classes: str = "all", save_matrix=None) -> dict:
     """``size`` (W, H): run the model on images resized to it; scores are always at label resolution.
-    ``classes``: the evaluation protocol (see ``score``)."""
+    ``classes``: the evaluation protocol (see ``score``); ``save_matrix``: a JSON file for the
+    confusion matrix (``save_confusion``)."""
     _require_labels(dataset, split)
     protocol_indices(dataset.label_space, classes)  # a bad protocol fails before any inference
     model, label_space, ckpt = load_model(ckpt_path, weights, device)
@@ -75,10 +109,12 @@ def evaluate_checkpoint(ckpt_path, dataset, split: str, protocol: Protocol, weig
                             "weights": ckpt["weights_used"], "iteration": ckpt.get("iteration"),
                             "data": str(Path(dataset.root).resolve()), "split": split, **protocol.to_dict(),
                             "size": list(size) if size else None})
+    if save_matrix is not None:
+        save_confusion(save_matrix, cm, label_space, result)
     return result
 
 
-def evaluate_predictions(pred_dir, dataset, split: str, classes: str = "all") -> dict:
+def evaluate_predictions(pred_dir, dataset, split: str, classes: str = "all", save_matrix=None) -> dict:
     """Score saved trainId PNGs ``pred_dir/<id>.png`` (pseudo-label folders work too: their labels/)."""
     _require_labels(dataset, split)
     protocol_indices(dataset.label_space, classes)
@@ -117,4 +153,6 @@ def evaluate_predictions(pred_dir, dataset, split: str, classes: str = "all") ->
     result.update(num_images=len(items), seconds=round(time.time() - t0, 3), label_space=ls.name,
                   protocol={"source": "predictions", "pred_dir": str(pred_dir.resolve()),
                             "data": str(Path(dataset.root).resolve()), "split": split})
+    if save_matrix is not None:
+        save_confusion(save_matrix, cm, ls, result)
     return result

@@ -134,13 +134,17 @@ def plot_curves(runs: dict[str, list[dict]], out_png: str | Path, keys: list[str
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     for ax in axes[len(keys):]:
         ax.set_visible(False)
+    return save_figure_png(fig, out_png, dpi=100)
 
+
+def save_figure_png(fig, out_png: str | Path, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as PNG atomically (temporary file, then rename)."""
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=dpi)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
