@@ -28,6 +28,24 @@ def test_window_meter_throughput_and_eta_from_a_fake_clock(monkeypatch):
     assert meter.window(9) == {"img_per_s": 1.0, "eta_s": 0.0}
 
 
+def test_window_meter_peak_gpu_memory_is_per_window(monkeypatch):
+    """No GPU here: torch.cuda's counters are replaced by a fake that keeps a peak and resets it."""
+    import torch
+
+    peak, resets = [0], []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: peak[0])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: (resets.append(device),
+                                                                                   peak.__setitem__(0, 0)))
+    meter = WindowMeter(start=0, iters=4, batch_size=1, device="cuda:0")
+    assert resets == [torch.device("cuda:0")]  # the first window starts clean
+    peak[0] = 3 * 2**20 + 2**19  # 3.5 MiB
+    assert meter.window(1)["gpu_mem_peak_mib"] == 3.5
+    peak[0] = max(peak[0], 2**20)  # the counter was reset: the next window sees its own 1 MiB only
+    assert meter.window(3)["gpu_mem_peak_mib"] == 1.0 and len(resets) == 3
+    assert "gpu_mem_peak_mib" not in WindowMeter(0, 4, 1, device="cpu").window(0)
+
+
 def test_log_section_errors(monkeypatch):
     check_log_config({"log": {"tensorboard": False}})
     check_log_config({})  # configs from before the log section
