@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from segadapt.data.io import read_label
+from segadapt.data.prepared import PreparedDataset
+
 from conftest import TINY_SET, run_cli
 
 
@@ -44,8 +47,14 @@ def test_pipeline_end_to_end(tiny_bench, tmp_path):
                            "--iters", 2, *TINY_SET))
     assert 0.0 <= st2["kept"] <= 1.0
 
-    ev = one_json(run_cli("evaluate", "--ckpt", d / "st2" / "last.pt", "--data", tgt, "--split", "val", "--json"))
+    ev = one_json(run_cli("evaluate", "--ckpt", d / "st2" / "last.pt", "--data", tgt, "--split", "val", "--json",
+                          "--save-matrix", d / "st2" / "matrix.json"))
     assert ev["num_images"] == 4 and 0 <= ev["miou"] <= 100 and len(ev["per_class"]) == 19
+    saved = json.loads((d / "st2" / "matrix.json").read_text())  # every valid val pixel counted once
+    valid = sum(int((read_label(lab) != 255).sum()) for _, _, lab in PreparedDataset(tgt).items("val"))
+    assert sum(map(sum, saved["matrix"])) + sum(saved["missed"]) == valid and saved["miou"] == ev["miou"]
+    run_cli("visualize", "confusion", d / "st2" / "matrix.json", "--out", d / "confusion.png")
+    assert cv2.imread(str(d / "confusion.png")) is not None
     assert ev["protocol"]["weights"] == "student" and ev["protocol"]["split"] == "val"
     # the pseudo-label folder scores against the target train labels (labels exist, training never read them)
     ev_pl = one_json(run_cli("evaluate", "--pred-dir", d / "pl1", "--data", tgt, "--split", "train", "--json"))

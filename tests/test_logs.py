@@ -138,6 +138,9 @@ def test_tensorboard_mirror_has_each_step_once_across_a_resume_that_repeats_step
     # a fresh start (start 0, as --force) drops the old curves with the old log
     run_iterations(_fake_step(), start=0, out=tmp_path, **{**kw, "iters": 2})
     assert [r["iter"] for r in _assert_mirrors(tmp_path)] == [0, 1]
+    # and so does a fresh start with the mirror off: no curves of another run stay beside the log
+    run_iterations(_fake_step(), start=0, out=tmp_path, **{**kw, "iters": 2, "tensorboard": False})
+    assert not list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_warmup_switches_tensorboard_on_at_resume_and_back_fills_it(tiny_bench, tmp_path, monkeypatch):

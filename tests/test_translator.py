@@ -170,6 +170,7 @@ def test_translator_resume_is_exact(tiny_bench, tmp_path, monkeypatch):
     _run(tiny_bench, tmp_path / "ref", 4, extra=extra)
     ref = [{k: v for k, v in r.items() if k not in WALL_CLOCK_KEYS} for r in _records(tmp_path / "ref")]
     assert [r["iter"] for r in ref] == [0, 1, 2, 3]
+    assert {"img_per_s", "eta_s"} <= set(_records(tmp_path / "ref")[0])  # the shared loop's clock fields
 
     original, calls = TranslatorStep.step, []
 

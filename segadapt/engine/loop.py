@@ -20,7 +20,7 @@ from pathlib import Path
 
 from segadapt.console import log, progress
 from segadapt.data.io import write_text
-from segadapt.engine.runlog import TensorBoardMirror, WindowMeter, read_records
+from segadapt.engine.runlog import WindowMeter, open_mirror
 from segadapt.errors import DataError
 
 
@@ -87,7 +87,7 @@ def run_iterations(step: StepFn, *, start: int, iters: int, out: Path, save: Cal
     Returns ``{"iterations": iters, **logs of the last iteration}``."""
     metrics = open_metrics(out / "metrics.jsonl", start, is_main)
     try:
-        mirror = TensorBoardMirror(out, read_records(out / "metrics.jsonl")) if tensorboard and is_main else None
+        mirror = open_mirror(out, start, tensorboard, is_main)
     except BaseException:
         metrics.close()
         raise

@@ -76,6 +76,21 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
+def open_mirror(run_dir: Path, start: int, enabled: bool, is_main: bool = True) -> "TensorBoardMirror | None":
+    """The TensorBoard mirror of ``run_dir/metrics.jsonl`` (call after the log was cut back for
+    ``start``), or None when off. A fresh start (0, also after --force) drops the curves of an
+    earlier run even with the mirror off, as the loop drops its log."""
+    if not is_main:
+        return None
+    if enabled:
+        return TensorBoardMirror(run_dir, read_records(Path(run_dir) / "metrics.jsonl"))
+    folder = Path(run_dir) / TENSORBOARD_DIR
+    if start == 0 and folder.is_dir():
+        for p in folder.glob(f"{_EVENTS_PREFIX}*"):
+            p.unlink(missing_ok=True)
+    return None
+
+
 class TensorBoardMirror:
     """Every numeric field of each metrics record as a TensorBoard scalar (tag = key, step = iter)."""
 
