@@ -17,11 +17,18 @@ process, so the other methods' networks do not count against a method.
     python benchmarks/step_time.py                                   # CPU scale: tiny model, 128x128 x 8
     python benchmarks/step_time.py --arch deeplabv2 --backbone resnet101 --crop 512x896 --batch 1 --rounds 2
     python benchmarks/step_time.py --arch segformer --backbone mit_b5 --head daformer --crop 512x512 --batch 2
+    python benchmarks/step_time.py ... --amp bf16 --channels-last --compile --json   # the GPU paths (gpu_check.sh)
+
+``--amp``, ``--channels-last`` and ``--compile`` take the engine's own code paths (autocast, the
+channels_last memory format of networks and batches, ``train.compile``'s in-place torch.compile), so the
+figures are those of a training run with the same settings. ``--json`` prints one JSON object per
+method (s/step, images/s of the source batch, peak GiB) for scripts.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -31,6 +38,7 @@ import time
 import torch
 
 from segadapt.config import load_config
+from segadapt.engine.device import amp_dtype, autocast, compile_modules
 from segadapt.engine.optim import build_optimizer
 from segadapt.methods import METHODS
 from segadapt.models.segmenter import build_segmenter
@@ -129,7 +137,9 @@ def _batch(args, c, device):
     src = {"image": torch.rand(args.batch, 3, h, w, generator=g), "label": lab(), "index": torch.arange(args.batch)}
     tgt = {"image": torch.rand(args.batch, 3, h, w, generator=g), "label": lab(), "index": torch.arange(args.batch),
            "confidence": torch.rand(args.batch, h, w, generator=g)}
-    move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    move = lambda d: {k: (v.to(device).contiguous(memory_format=fmt) if v.dim() == 4 else v.to(device))  # noqa: E731
+                      for k, v in d.items()}
     return {"source": move(src), "target": move(tgt)}
 
 
@@ -151,6 +161,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--methods", default=None, help="comma-separated stage:method subset")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast dtype (fp16 unscaled)")
+    ap.add_argument("--channels-last", action="store_true", help="networks and batches in channels_last")
+    ap.add_argument("--compile", action="store_true", help="torch.compile student and teacher (train.compile)")
+    ap.add_argument("--compile-backend", default="inductor", help="with --compile: inductor or aot_eager")
+    ap.add_argument("--json", action="store_true", help="one JSON object per method on stdout")
     args = ap.parse_args()
     args.crop = tuple(int(v) for v in args.crop.lower().split("x"))
     device = torch.device(args.device)
@@ -179,6 +194,8 @@ def main() -> None:
         method = METHODS[stage][name](cfg[name], student, c, prototypes=protos.to(device))
         for m in method.modules().values():
             m.to(device)
+            if args.channels_last:
+                m.to(memory_format=torch.channels_last)
         # hooks after the method is built: an EMA teacher deep-copied from the student would copy them
         counter = _Counter([m for k, m in method.modules().items() if k in ("student", "teacher")])
         opt = build_optimizer(method.param_groups(), {**cfg["optim"], "lr": 1e-5})
@@ -186,10 +203,14 @@ def main() -> None:
             from segadapt.methods.threshold import fixed_thresholds
 
             method.thresholds = fixed_thresholds(c, 0.5).to(device)
+        if args.compile:  # after the hooks: the compiled forward still calls them
+            compile_modules([m for k, m in method.modules().items() if k in ("student", "teacher")], "force", device,
+                            args.compile_backend)
         method.train()
         setups.append((f"{stage}:{name}", method, opt, counter))
 
     batch = _batch(args, c, device)
+    amp = amp_dtype(args.amp, device)
     times = {k: [] for k, *_ in setups}
     passes = {}
     for r in range(args.rounds + 1):  # round 0 warms up (allocator, caches) and is not timed
@@ -202,7 +223,8 @@ def main() -> None:
             rss = _PeakRSS() if device.type == "cpu" else None
             t0 = time.perf_counter()
             with rss or _Nothing():
-                loss, _ = method.training_step(batch, 100 + r)
+                with autocast(device, amp):
+                    loss, _ = method.training_step(batch, 100 + r)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -218,6 +240,18 @@ def main() -> None:
             peak = _kept_bytes(method, opt) + added
             passes[key] = (counter.train_images, counter.nograd_images, max(peak, passes.get(key, (0, 0, 0))[2]))
 
+    if args.json:
+        for key, *_ in setups:
+            t = statistics.median(times[key])
+            print(json.dumps({"method": key, "arch": args.arch, "backbone": args.backbone, "head": args.head,
+                              "crop": list(args.crop), "batch": args.batch, "device": str(device), "amp": args.amp,
+                              "channels_last": args.channels_last,
+                              "compile": args.compile_backend if args.compile else False,
+                              "s_per_step": t, "images_per_s": args.batch / t,
+                              "peak_gib": passes[key][2] / 2**30}), flush=True)
+        return
+    if "warmup:source-only" not in times:
+        raise SystemExit("the ratio table needs source-only among --methods (or use --json)")
     base = statistics.median(times["warmup:source-only"])
     base_train = passes["warmup:source-only"][0]
     print(f"model {args.arch}/{args.backbone}{'/' + args.head if args.head else ''}, crop {args.crop[0]}x{args.crop[1]}, "

@@ -20,7 +20,7 @@ from segadapt.data.io import write_text
 from segadapt.data.sampling import RareClassSampling, make_stream, sample_seed
 from segadapt.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segadapt.engine import distributed as D
-from segadapt.engine.device import amp_dtype, autocast, use_channels_last
+from segadapt.engine.device import amp_dtype, autocast, compile_modules, use_channels_last
 from segadapt.engine.loop import run_iterations
 from segadapt.engine.runlog import tensorboard_enabled
 from segadapt.engine.optim import build_optimizer, set_lr
@@ -91,6 +91,10 @@ class Trainer:
                 m.to(memory_format=torch.channels_last)
         for m in method.modules().values():  # every rank starts from rank 0's weights
             D.broadcast_module_(m)
+        # the networks the methods run every step; extra heads (projectors) are small and stay eager
+        self.compiled = compile_modules([m for k, m in method.modules().items() if k in ("student", "teacher")],
+                                        tcfg.get("compile", False), device,
+                                        str(tcfg.get("compile_backend", "inductor")))
         self.optimizer = build_optimizer(method.param_groups(), cfg["optim"])
         self.accum = int(tcfg.get("grad_accum", 1))
         if self.accum < 1:
@@ -198,7 +202,7 @@ class Trainer:
     def fit(self) -> dict:
         if self.dist.is_main:
             write_text(self.out / "config.yaml",
-                       "# resolved configuration of this run\n" + dump_config({**self.cfg, "provenance": provenance()}))
+                       "# resolved configuration of this run\n" + dump_config({**self.cfg, "provenance": {**provenance(), "compile": self.compiled}}))
         if self.start >= self.iters:
             log(f"run in {self.out} already finished ({self.iters} iterations)")
             return {"iterations": self.iters}
