@@ -242,8 +242,10 @@ class Trainer:
 
 def check_resume_config(ckpt: dict, cfg: dict, out: Path) -> None:
     old = dict(ckpt.get("config", {}))
-    # log settings change what is written beside the run, not the run: they may differ on resume
-    diff = [k for k in _config_diff(old, cfg) if k.split(".")[0] not in ("provenance", "log")]
+    # log settings change what is written beside the run, and compiling how fast it runs, not the run
+    # itself: they may differ on resume
+    free = ("train.compile", "train.compile_backend")
+    diff = [k for k in _config_diff(old, cfg) if k.split(".")[0] not in ("provenance", "log") and k not in free]
     if diff:
         raise UsageError(f"{out} was started with a different configuration (differs in: {', '.join(diff[:6])}); "
                          "resume with the same options, or use --force to start over")
