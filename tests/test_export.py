@@ -140,6 +140,20 @@ def test_safetensors_folder_evaluates_like_the_checkpoint(tiny_ckpt, tiny_bench,
     with pytest.raises(DataError, match="student weights only"):
         load_model(folder, "teacher")
 
+    # pseudo-labels from the folder: the same label maps, and a manifest naming the folder's hash
+    from segadapt.data.io import read_label
+    from segadapt.engine.checkpoint import file_sha256
+    from segadapt.engine.pseudo_label import generate
+
+    for name, c in (("a", tiny_ckpt), ("b", folder)):
+        generate(c, data, "train", tmp_path / name, Protocol(), "student", torch.device("cpu"), limit=2)
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["checkpoint_sha256"] == file_sha256(folder) != file_sha256(tiny_ckpt)
+    labels = sorted((tmp_path / "a" / "labels").glob("*.png"))
+    assert len(labels) == 2
+    for p in labels:
+        assert np.array_equal(read_label(p), read_label(tmp_path / "b" / "labels" / p.name))
+
 
 def test_missing_extra_is_a_usage_error_with_the_pip_command(tiny_ckpt, tmp_path, monkeypatch):
     real_import = builtins.__import__
