@@ -249,8 +249,9 @@ def compare(reference: np.ndarray, exported: np.ndarray) -> dict:
         raise DataError(f"the export returned shape {list(exported.shape)}, PyTorch {list(reference.shape)}")
     diff = float(np.abs(reference.astype(np.float64) - exported).max())
     agree = reference.argmax(1) == exported.argmax(1)
+    # classes_predicted: how varied the reference is (agreement on a one-class map would prove little)
     return {"max_abs_diff": diff, "agreement": float(agree.mean()), "pixels": int(agree.size),
-            "agreeing": int(agree.sum())}
+            "agreeing": int(agree.sum()), "classes_predicted": int(np.unique(reference.argmax(1)).size)}
 
 
 class ExportCheckError(DataError):
@@ -337,7 +338,7 @@ def format_report(report: dict) -> str:
              f"output: logits at {outp['resolution']} resolution"]
     for c in report["checks"]:
         lines.append(f"check {'x'.join(map(str, c['shape']))}: max |logit diff| {c['max_abs_diff']:.3g}, "
-                     f"argmax agreement {100 * c['agreement']:.4f} %")
+                     f"argmax agreement {100 * c['agreement']:.4f} % ({c['classes_predicted']} classes predicted)")
     lines.append(f"overall: max |logit diff| {report['max_abs_diff']:.3g}, argmax agreement "
                  f"{100 * report['agreement']:.4f} % (>= {100 * report['min_agreement']:.1f} % required)")
     return "\n".join(lines)
