@@ -13,6 +13,7 @@ import typer
 from segadapt import __version__
 from segadapt.cli import infer_cmds, prepare_cmds, train_cmds, visualize_cmds
 from segadapt.cli import translator_cmds
+from segadapt.cli import export_cmds
 from segadapt.errors import SegadaptError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -25,6 +26,7 @@ app.command("self-train", no_args_is_help=True)(train_cmds.self_train)
 app.command("train-translator", no_args_is_help=True)(translator_cmds.train_translator)
 app.command("pseudo-label", no_args_is_help=True)(infer_cmds.pseudo_label)
 app.command("evaluate", no_args_is_help=True)(infer_cmds.evaluate)
+app.command("export", no_args_is_help=True)(export_cmds.export)
 app.add_typer(visualize_cmds.app, name="visualize")
 
 

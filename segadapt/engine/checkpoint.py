@@ -46,6 +46,12 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file; of a safetensors export folder, of its weights then its config."""
+    if Path(path).is_dir():
+        h = hashlib.sha256()
+        for name in ("model.safetensors", "config.json"):
+            h.update(file_sha256(Path(path) / name, chunk).encode())
+        return h.hexdigest()
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while True:

@@ -5,6 +5,7 @@ One function serves evaluation and pseudo-labelling, so both use the same protoc
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -115,16 +116,25 @@ def load_model(ckpt_path, weights: str = "student", device=torch.device("cpu")):
     ``weights``: 'student' (the default, as DAFormer-style evaluations do) or 'teacher' (the EMA model).
     On short schedules trained from scratch the EMA teacher averages weights whose BatchNorm statistics
     no longer fit the average, so it can score below the student; the choice is recorded in every result.
+    ``ckpt_path`` may also be a folder written by `segadapt export --format safetensors`
+    (``model.safetensors`` + ``config.json``); it holds one set of weights, the ones exported.
     Returns (model in eval mode, label space, checkpoint dict without the heavy optimiser state)."""
-    ckpt = load_checkpoint(ckpt_path)
-    for key in ("model", "model_spec", "label_space"):
-        if key not in ckpt:
-            raise DataError(f"checkpoint {ckpt_path} lacks '{key}'")
     if weights not in ("student", "teacher"):
         raise UsageError(f"--weights must be student or teacher, got '{weights}'")
-    state = ckpt["model"] if weights == "student" else ckpt.get("teacher")
-    if state is None:
-        raise DataError(f"checkpoint {ckpt_path} has no {weights} weights")
+    if Path(ckpt_path).is_dir():
+        ckpt, state = _load_exported_folder(Path(ckpt_path), weights)
+    else:
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt.get("stage") == "translator":
+            raise DataError(f"{ckpt_path} is an image-translator checkpoint (train-translator), not a segmentation "
+                            "model; give a warmup or self-train checkpoint")
+        for key in ("model", "model_spec", "label_space"):
+            if key not in ckpt:
+                raise DataError(f"checkpoint {ckpt_path} lacks '{key}'")
+        state = ckpt["model"] if weights == "student" else ckpt.get("teacher")
+        if state is None:
+            raise DataError(f"checkpoint {ckpt_path} has no {weights} weights")
+        ckpt["weights_used"] = weights
     label_space = LabelSpace.from_dict(ckpt["label_space"])
     # the checkpoint holds every weight: never fetch the ImageNet initialisation again
     model = build_segmenter({**ckpt["model_spec"], "pretrained": None}, label_space.num_classes)
@@ -134,5 +144,31 @@ def load_model(ckpt_path, weights: str = "student", device=torch.device("cpu")):
         raise DataError(f"checkpoint {ckpt_path} does not match its recorded model spec: {str(e).splitlines()[0]}") from None
     model.to(device).eval()
     ckpt.pop("optimizer", None)
-    ckpt["weights_used"] = weights
     return model, label_space, ckpt
+
+
+def _load_exported_folder(folder: Path, weights: str):
+    """(checkpoint-like dict, state_dict) from a safetensors export folder (see engine/export.py)."""
+    from segadapt.data.io import read_json
+
+    config_path, weights_path = folder / "config.json", folder / "model.safetensors"
+    if not config_path.is_file() or not weights_path.is_file():
+        raise DataError(f"{folder} is a folder but not a segadapt export (needs model.safetensors and config.json)")
+    config = read_json(config_path)
+    if not isinstance(config, dict) or config.get("format") != "segadapt-export":
+        raise DataError(f"{config_path} is not a segadapt export config")
+    for key in ("model_spec", "label_space", "weights"):
+        if key not in config:
+            raise DataError(f"{config_path} lacks '{key}'")
+    if weights == "teacher" and config["weights"] != "teacher":
+        raise DataError(f"{folder} holds the {config['weights']} weights only; export the teacher to use it")
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise UsageError(f"reading {folder} needs the 'safetensors' package: pip install 'segadapt[export]'") from None
+    try:
+        state = load_file(str(weights_path))
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one line
+        raise DataError(f"cannot read {weights_path}: {str(e).splitlines()[0][:200]}") from None
+    ckpt = {**config, "model": state, "weights_used": config["weights"]}
+    return ckpt, state
