@@ -96,20 +96,21 @@ def dps_select(pseudo_label: torch.Tensor, feat: torch.Tensor, prototypes: torch
     return torch.where(pseudo_label == nearest, pseudo_label, torch.full_like(pseudo_label, IGNORE))
 
 
-def class_feature_means(feat: torch.Tensor, label: torch.Tensor, num_classes: int):
-    """Per-image, per-class mean feature over pixels with label c (label at feature resolution; IGNORE
-    and any value >= num_classes skipped). Returns (means (B, C, D), counts (B, C)); a class absent from
-    an image has mean 0 and count 0 there."""
+def class_feature_means(feat: torch.Tensor, label: torch.Tensor, num_classes: int, per_image: bool = False):
+    """Mean feature of each class over pixels with label c (label at feature resolution; IGNORE and any
+    value >= num_classes skipped). Pooled over the batch: (means (C, D), counts (C,)); with ``per_image``,
+    one row per image: (means (B, C, D), counts (B, C)), a class absent from an image has mean 0, count 0."""
     b, d = feat.shape[:2]
     f = feat.permute(0, 2, 3, 1).reshape(b, -1, d).float()
     lab = label.reshape(b, -1).long()
     valid = lab < num_classes
     # one row per (image, class): index image * C + class
     row = (lab + num_classes * torch.arange(b, device=lab.device)[:, None])[valid]
-    sums = torch.zeros(b * num_classes, d, device=feat.device).index_add_(0, row, f[valid])
-    counts = torch.bincount(row, minlength=b * num_classes).to(feat.device)
-    means = sums / counts.clamp(min=1)[:, None]
-    return means.view(b, num_classes, d), counts.view(b, num_classes)
+    sums = torch.zeros(b * num_classes, d, device=feat.device).index_add_(0, row, f[valid]).view(b, num_classes, d)
+    counts = torch.bincount(row, minlength=b * num_classes).to(feat.device).view(b, num_classes)
+    if not per_image:
+        sums, counts = sums.sum(0), counts.sum(0)
+    return sums / counts.clamp(min=1)[..., None], counts
 
 
 def update_prototypes(prototypes: torch.Tensor, feat: torch.Tensor, label: torch.Tensor, teacher_pred: torch.Tensor,
@@ -121,7 +122,7 @@ def update_prototypes(prototypes: torch.Tensor, feat: torch.Tensor, label: torch
     takes two EMA steps, image 0's first; classes under ``min_pixels`` in an image (and, as in the
     official code, an all-zero mean vector) leave P_c unchanged."""
     agree = torch.where(label == teacher_pred, label, torch.full_like(label, IGNORE))
-    means, counts = class_feature_means(feat, agree, prototypes.shape[0])
+    means, counts = class_feature_means(feat, agree, prototypes.shape[0], per_image=True)
     out = prototypes.clone()
     for i in range(means.shape[0]):
         use = (counts[i] >= min_pixels) & (means[i].sum(1) != 0)
