@@ -124,9 +124,10 @@ def update_prototypes(prototypes: torch.Tensor, feat: torch.Tensor, label: torch
     agree = torch.where(label == teacher_pred, label, torch.full_like(label, IGNORE))
     means, counts = class_feature_means(feat, agree, prototypes.shape[0], per_image=True)
     out = prototypes.clone()
-    for i in range(means.shape[0]):
-        use = (counts[i] >= min_pixels) & (means[i].sum(1) != 0)
-        out[use] = (1 - momentum) * out[use] + momentum * means[i, use].to(out.dtype)
+    use = (counts >= min_pixels) & (means.sum(2) != 0)  # (B, C)
+    for i in range(means.shape[0]):  # sequential: image i's step starts from image i-1's result
+        stepped = (1 - momentum) * out + momentum * means[i].to(out.dtype)
+        out = torch.where(use[i, :, None], stepped, out)  # no host sync on a GPU
     return out
 
 
