@@ -326,7 +326,7 @@ def pl_folders(tiny_bench, tmp_path_factory):
     proto = Protocol(scales=[1.0])
     PL.generate(d / "run" / "last.pt", ds, "train", d / "full", proto, "student", torch.device("cpu"))
     PL.generate(d / "run" / "last.pt", ds, "train", d / "part", proto, "student", torch.device("cpu"), limit=3)
-    with open(d / "part" / "accumulator.bin", "ab") as f:
+    with open(PL.log_path(d / "part"), "ab") as f:
         f.write(b"\x01\x02torn")  # killed in the middle of the 4th record
     PL.generate(d / "run" / "last.pt", ds, "train", d / "part", proto, "student", torch.device("cpu"))
     return d / "full", d / "part", ds

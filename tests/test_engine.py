@@ -108,7 +108,7 @@ def test_pseudo_labels_skip_finished_images_and_refuse_other_checkpoints(tiny_be
     # a killed run: only 3 images finished (their records are in the log), one torn record at the end
     part = tmp_path / "pl_part"
     PL.generate(run / "last.pt", ds, "train", part, proto, "student", torch.device("cpu"), limit=3)
-    with open(part / "accumulator.bin", "ab") as f:
+    with open(PL.log_path(part), "ab") as f:
         f.write(b"\x01\x02torn")
     done = {p.name: p.stat().st_mtime_ns for p in (part / "labels").glob("*.png")}
     assert len(done) == 3

@@ -117,7 +117,10 @@ def test_prototype_ema_update_by_hand():
     pred = torch.tensor([[[0, 0, 0]]])  # pixel 2: teacher disagrees -> not used
     means, counts = class_feature_means(feat, label, 3)
     assert counts.tolist() == [2, 1, 0] and means[0].tolist() == [2.0, 2.0]
-    new = update_prototypes(protos, feat, label, pred, momentum=0.1)
+    means, counts = class_feature_means(torch.cat([feat, 2 * feat]), label.repeat(2, 1, 1), 3, per_image=True)
+    assert counts.tolist() == [[2, 1, 0]] * 2 and means[:, 0].tolist() == [[2.0, 2.0], [4.0, 4.0]]
+    assert class_feature_means(torch.cat([feat, 2 * feat]), label.repeat(2, 1, 1), 3)[0][0].tolist() == [3.0, 3.0]
+    new = update_prototypes(protos, feat, label, pred, momentum=0.1, min_pixels=1)  # 2 pixels: below DiGA's 5
     assert new[0].tolist() == pytest.approx([0.2, 0.2])  # 0.9 * 0 + 0.1 * mean(1, 3)
     assert new[1].tolist() == [10.0, 10.0]  # disagreeing pixel ignored
     assert new[2].tolist() == [5.0, 5.0]  # absent class unchanged

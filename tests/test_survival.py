@@ -169,7 +169,7 @@ def test_two_processes_evaluate_exactly_and_train_along_the_same_loss(tiny_bench
 
     p1 = torch.load(tmp_path / "pl1/prototypes.pt", weights_only=True)
     p2 = torch.load(tmp_path / "pl2/prototypes.pt", weights_only=True)
-    assert torch.equal(p1["counts"], p2["counts"])
+    assert torch.equal(p1["counts"], p2["counts"]) and torch.equal(p1["images"], p2["images"])
     assert torch.allclose(p1["prototypes"], p2["prototypes"], atol=1e-6)
     m1 = json.loads((tmp_path / "pl1/manifest.json").read_text())
     m2 = json.loads((tmp_path / "pl2/manifest.json").read_text())

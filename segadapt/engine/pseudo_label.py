@@ -1,14 +1,15 @@
 """Offline pseudo-labels: argmax of the (multi-scale) model on every target image, a confidence map,
-and class prototypes (per-class mean feature over pixels predicted as that class).
+and class prototypes as DiGA's ``calc_centroids.py`` makes them (see ``Accumulator``).
 
 Folder contract:  labels/<id>.png (uint8, 255 = ignored), confidence/<id>.png (uint16, conf * 65535),
 prototypes.pt, confidence_hist.npy, manifest.json. Memory does not grow with the number of images:
-labels go to disk as they are made, prototype sums and the per-class confidence histogram
+labels go to disk as they are made, prototype totals and the per-class confidence histogram
 (``confidence_hist.npy``: int64 (classes, CONF_BINS), pixels predicted as class c whose stored
 confidence falls in bin b; class-balanced thresholds are read from it) are fixed-size. A kill loses
-nothing finished: each image's prototype and histogram contribution is appended to ``accumulator.bin``
-only after its files are written, and a re-run skips every image recorded there. A folder made by
-another checkpoint or protocol is refused unless forced.
+nothing finished: each image's prototype and histogram contribution is appended to the log
+(``ACC_LOG``) only after its files are written, and a re-run skips every image recorded there. A folder
+made by another checkpoint or protocol, or by an older segadapt (``FORMAT_VERSION``), is refused unless
+forced.
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ from segadapt.engine.inference import Protocol, infer, load_model
 from segadapt.errors import DataError, SegadaptError
 
 MANIFEST_FORMAT = "segadapt-pseudo-labels"
+#: 2: prototypes are the mean over images of per-image class means at feature resolution (DiGA's centroid
+#: script), and the log's records carry feature-resolution counts. Version 1 divided feature sums by
+#: label-resolution counts (prototypes ~(H/h)(W/w) times too small); its folders are refused.
+FORMAT_VERSION = 2
+#: the per-image log; its name carries the record layout, so a log of another layout is never misread
+ACC_LOG = "accumulator-v2.bin"
+#: DiGA's calc_centroids skips a class with fewer feature pixels than this in an image
+PROTO_MIN_PIXELS = 5
 _ID_BYTES = 256
 #: bins of the per-class confidence histogram over [0, 1]: class-balanced thresholds are exact to 1/CONF_BINS
 CONF_BINS = 1000
@@ -56,32 +65,68 @@ def confidence_histogram(label: torch.Tensor, conf_u16: torch.Tensor, num_classe
     return flat.view(num_classes, bins)
 
 
-class Accumulator:
-    """Per-class feature sums, pixel counts and confidence histograms, with an append-only on-disk log of
-    per-image records (id, counts, sums, histogram) so that a resumed run rebuilds the exact totals
-    without recomputing. The histogram is stored as int32 per image (an image has < 2^31 pixels) to
-    keep the log small; totals are int64."""
+def image_class_stats(feat: torch.Tensor, pred: torch.Tensor, num_classes: int):
+    """One image's feature map (D, h, w) and class map at the same resolution (h, w; IGNORE or any value
+    >= num_classes skipped) -> per-class feature sums (C, D) float64 and pixel counts (C,) int64."""
+    d = feat.shape[0]
+    f = feat.permute(1, 2, 0).reshape(-1, d).double()
+    lab = pred.reshape(-1).long()
+    keep = lab < num_classes
+    sums = torch.zeros(num_classes, d, dtype=torch.float64, device=f.device).index_add_(0, lab[keep], f[keep])
+    return sums, torch.bincount(lab[keep], minlength=num_classes)
 
-    def __init__(self, path: Path, num_classes: int, feat_dim: int, bins: int = CONF_BINS):
-        self.path, self.c, self.d, self.bins = path, num_classes, feat_dim, bins
-        self.record = _ID_BYTES + 8 * num_classes + 8 * num_classes * feat_dim + 4 * num_classes * bins
-        self.sums = np.zeros((num_classes, feat_dim), np.float64)
-        self.counts = np.zeros(num_classes, np.int64)
+
+def log_path(out: Path, rank: int = 0) -> Path:
+    """Rank 0 appends to ``ACC_LOG``, rank r > 0 to ``accumulator-v2.<r>.bin``."""
+    stem, ext = ACC_LOG.rsplit(".", 1)
+    return Path(out) / (ACC_LOG if rank == 0 else f"{stem}.{rank}.{ext}")
+
+
+def all_logs(out: Path) -> list[Path]:
+    stem, ext = ACC_LOG.rsplit(".", 1)
+    return sorted(Path(out).glob(f"{stem}*.{ext}"))
+
+
+class Accumulator:
+    """Class prototypes, label-resolution pixel counts and confidence histograms, with an append-only
+    on-disk log of per-image records (id, label-resolution counts, feature-resolution counts, feature
+    sums, histogram) so that a resumed run rebuilds the exact totals without recomputing.
+
+    Prototype of class c = mean over images of the image's class-c mean feature, over the images where
+    the model's own argmax at feature resolution gives c to at least ``min_pixels`` pixels (and whose mean
+    is not all-zero), as DiGA's ``calc_centroids.py`` (target branch) does. This is not the pooled mean
+    (all class-c pixels of all images / their number): the pooled mean weights an image by how many
+    class-c pixels it has, so one image with a large region dominates; here every image where the class
+    is seen counts once, and an image with fewer than ``min_pixels`` class-c pixels not at all. (The
+    official script runs 5 passes of a count-capped running mean, cap 3000; for a class seen in at most
+    600 images that equals this mean exactly, beyond it weights the last images slightly more.)
+
+    Totals are fixed-size: label counts (C,) and histogram (C, bins) int64, the sum of per-image means
+    (C, D) float64 and the number of images behind it (C,). The histogram is stored as int32 per image
+    (an image has < 2^31 pixels) to keep the log small."""
+
+    def __init__(self, path: Path, num_classes: int, feat_dim: int, bins: int = CONF_BINS,
+                 min_pixels: int = PROTO_MIN_PIXELS):
+        self.path, self.c, self.d, self.bins, self.min_pixels = path, num_classes, feat_dim, bins, min_pixels
+        self.record = _ID_BYTES + 16 * num_classes + 8 * num_classes * feat_dim + 4 * num_classes * bins
+        self.mean_sums = np.zeros((num_classes, feat_dim), np.float64)  # sum over images of per-image means
+        self.images = np.zeros(num_classes, np.int64)  # images behind each class's sum
+        self.counts = np.zeros(num_classes, np.int64)  # label-resolution pixels per class (class_pixels)
         self.hist = np.zeros((num_classes, bins), np.int64)
         self.done: set[str] = set()
 
     def load(self, paths=None) -> None:
-        """Add the records of ``paths`` (default: this log). A multi-process run keeps one log per rank,
-        ``accumulator.bin`` and ``accumulator.<rank>.bin``; any run, of any process count, reads them all."""
+        """Add the records of ``paths`` (default: this log). A multi-process run keeps one log per rank
+        (``log_path``); any run, of any process count, reads them all."""
         for path in (paths if paths is not None else [self.path]):
             if not path.exists():
                 continue
             data = path.read_bytes()
             n = len(data) // self.record  # a truncated last record (killed mid-append) is dropped
             for i in range(n):
-                _id, counts, sums, hist = self._unpack(data[i * self.record:(i + 1) * self.record])
+                _id, *parts = self._unpack(data[i * self.record:(i + 1) * self.record])
                 if _id not in self.done:  # an image recorded twice (two logs) counts once
-                    self._add(_id, counts, sums, hist)
+                    self._add(_id, *parts)
             if n * self.record != len(data):
                 with open(path, "r+b") as f:
                     f.truncate(n * self.record)
@@ -92,29 +137,44 @@ class Accumulator:
         off = _ID_BYTES
         counts = np.frombuffer(rec[off:off + 8 * self.c], np.int64)
         off += 8 * self.c
+        feat_counts = np.frombuffer(rec[off:off + 8 * self.c], np.int64)
+        off += 8 * self.c
         sums = np.frombuffer(rec[off:off + 8 * self.c * self.d], np.float64).reshape(self.c, self.d)
         off += 8 * self.c * self.d
         hist = np.frombuffer(rec[off:], np.int32).reshape(self.c, self.bins)
-        return _id, counts, sums, hist
+        return _id, counts, feat_counts, sums, hist
 
-    def _add(self, _id, counts, sums, hist) -> None:
+    def _add(self, _id, counts, feat_counts, sums, hist) -> None:
+        means = sums / np.maximum(feat_counts, 1)[:, None]
+        # the official script skips a class under min_pixels in the image, and an all-zero mean vector
+        seen = (feat_counts >= self.min_pixels) & (means.sum(1) != 0)
+        self.mean_sums[seen] += means[seen]
+        self.images += seen
         self.counts += counts
-        self.sums += sums
         self.hist += hist
         self.done.add(_id)
 
-    def append(self, _id: str, counts: np.ndarray, sums: np.ndarray, hist: np.ndarray, handle) -> None:
+    def append(self, _id: str, counts: np.ndarray, feat_counts: np.ndarray, sums: np.ndarray, hist: np.ndarray,
+               handle) -> None:
         raw = _id.encode()
         if len(raw) > _ID_BYTES - 2:
             raise DataError(f"image id too long for the pseudo-label log: {_id}")
         head = struct.pack("<H", len(raw)) + raw
-        handle.write(head.ljust(_ID_BYTES, b"\0") + counts.astype(np.int64).tobytes() + sums.astype(np.float64).tobytes()
+        handle.write(head.ljust(_ID_BYTES, b"\0") + counts.astype(np.int64).tobytes()
+                     + feat_counts.astype(np.int64).tobytes() + sums.astype(np.float64).tobytes()
                      + hist.astype(np.int32).tobytes())
         handle.flush()
-        self._add(_id, counts, sums, hist)
+        self._add(_id, counts, feat_counts, sums, hist)
 
     def prototypes(self) -> torch.Tensor:
-        return torch.from_numpy(self.sums / np.maximum(self.counts, 1)[:, None]).float()
+        """(C, D) float32; a class seen in no image keeps a zero prototype (the official initial value)."""
+        return torch.from_numpy(self.mean_sums / np.maximum(self.images, 1)[:, None]).float()
+
+
+def _refuse_old_version(folder: Path, version) -> DataError:
+    return DataError(f"{folder} was made by an older segadapt (pseudo-label format {version}, now "
+                     f"{FORMAT_VERSION}: prototypes are computed differently); re-run `segadapt pseudo-label --force` "
+                     "into it to replace it")
 
 
 def _check_existing(out: Path, manifest: dict, force: bool) -> None:
@@ -124,9 +184,11 @@ def _check_existing(out: Path, manifest: dict, force: bool) -> None:
             raise DataError(f"{out} holds pseudo-labels without a manifest; use --force to replace them")
         return
     old = read_json(path)
-    # confidence_bins: the accumulator's record layout (a folder from before the histogram is redone)
-    fields = ("checkpoint_sha256", "weights", "protocol", "data", "split", "confidence_bins")
+    # version, confidence_bins: the accumulator's record layout and what the prototypes mean
+    fields = ("version", "checkpoint_sha256", "weights", "protocol", "data", "split", "confidence_bins")
     diff = [k for k in fields if old.get(k) != manifest.get(k)]
+    if "version" in diff and not force:
+        raise _refuse_old_version(out, old.get("version"))
     if diff and not force:
         what = "checkpoint" if "checkpoint_sha256" in diff else ", ".join(diff)
         raise DataError(f"{out} was made with another {what}; use another --out or --force to replace it")
@@ -135,7 +197,7 @@ def _check_existing(out: Path, manifest: dict, force: bool) -> None:
             shutil.rmtree(out / sub, ignore_errors=True)
         for f in ("prototypes.pt", HIST_FILE, "manifest.json"):
             (out / f).unlink(missing_ok=True)
-        for f in out.glob("accumulator*.bin"):
+        for f in out.glob("accumulator*.bin"):  # every layout's logs, this one's and older ones
             f.unlink()
 
 
@@ -150,11 +212,11 @@ def generate(ckpt_path: Path, dataset, split: str, out: Path, protocol: Protocol
                         f"'{dataset.label_space.name}'")
     items = dataset.items(split)[:limit] if limit else dataset.items(split)
     manifest = {
-        "format": MANIFEST_FORMAT, "version": 1,
+        "format": MANIFEST_FORMAT, "version": FORMAT_VERSION,
         "checkpoint": str(ckpt_path.resolve()), "checkpoint_sha256": file_sha256(ckpt_path),
         "weights": ckpt["weights_used"], "protocol": {**protocol.to_dict(), "size": list(size) if size else None},
         "data": str(Path(dataset.root).resolve()), "split": split, "label_space": label_space.name,
-        "num_images": len(items), "confidence_bins": CONF_BINS,
+        "num_images": len(items), "confidence_bins": CONF_BINS, "prototype_min_pixels": PROTO_MIN_PIXELS,
     }
     rank = D.info()
     problem = None
@@ -180,8 +242,8 @@ def generate(ckpt_path: Path, dataset, split: str, out: Path, protocol: Protocol
 def _generate(model, label_space, items, out, manifest, protocol, device, workers, amp, size, rank) -> dict:
     c = label_space.num_classes
     feat_dim = int(model.spec["feat_dim"])
-    logs = sorted(out.glob("accumulator*.bin"))
-    my_log = out / ("accumulator.bin" if rank.rank == 0 else f"accumulator.{rank.rank}.bin")
+    logs = all_logs(out)
+    my_log = log_path(out, rank.rank)
     acc = Accumulator(my_log, c, feat_dim)
     acc.load(logs)
     todo = [it for it in items if it[0] not in acc.done]
@@ -207,11 +269,12 @@ def _generate(model, label_space, items, out, manifest, protocol, device, worker
                 logits = torch.nn.functional.interpolate(logits, size=stored, mode="bilinear", align_corners=False)
             prob = logits.softmax(1)
             conf, label = prob.max(1)
-            # prototypes: class means of the feature map over pixels predicted as that class
-            small = torch.nn.functional.interpolate(logits, size=feat.shape[-2:], mode="bilinear",
-                                                    align_corners=False).argmax(1)
-            f = feat.permute(0, 2, 3, 1).reshape(-1, feat_dim).double()
-            sums = torch.zeros(c, feat_dim, dtype=torch.float64, device=f.device).index_add_(0, small.reshape(-1), f)
+            # prototypes (DiGA's calc_centroids): pixels are selected by the model's own argmax at feature
+            # resolution, from the pass that gave the features (forward = classify(features)), not by the
+            # fused multi-scale label; class_pixels and the histogram count the written labels
+            with torch.no_grad():
+                small = model.classify(feat.to(next(model.parameters()).dtype)).argmax(1)
+            sums, feat_counts = image_class_stats(feat[0], small[0], c)
             counts = torch.bincount(label.reshape(-1), minlength=c)
             _id = batch["id"][0]
             lab_np = label[0].to(torch.uint8).cpu().numpy()
@@ -221,33 +284,37 @@ def _generate(model, label_space, items, out, manifest, protocol, device, worker
             conf_np = conf_q.cpu().numpy().astype(np.uint16)
             futs = [pool.submit(write_png, out / "labels" / f"{_id}.png", lab_np, False),
                     pool.submit(write_png, out / "confidence" / f"{_id}.png", conf_np, False)]
-            pending.append((_id, futs, counts.cpu().numpy(), sums.cpu().numpy(), hist.cpu().numpy()))
+            stats = [t.cpu().numpy() for t in (counts, feat_counts, sums, hist)]
+            pending.append((_id, futs, stats))
             # record an image only once its files are on disk; keep at most a few in flight
             while pending and (len(pending) > 4 or all(fu.done() for fu in pending[0][1])):
-                pid, pf, pc, ps, ph = pending.pop(0)
+                pid, pf, pstats = pending.pop(0)
                 for fu in pf:
                     fu.result()
-                acc.append(pid, pc, ps, ph, handle)
+                acc.append(pid, *pstats, handle)
             advance(1)
-        for pid, pf, pc, ps, ph in pending:
+        for pid, pf, pstats in pending:
             for fu in pf:
                 fu.result()
-            acc.append(pid, pc, ps, ph, handle)
+            acc.append(pid, *pstats, handle)
         handle.flush()
         os.fsync(handle.fileno())
 
     D.barrier()  # every rank's images are on disk and logged; rank 0 sums all logs and writes the rest
     if not rank.is_main:
         return D.broadcast_object(None)  # rank 0's final manifest
-    acc = Accumulator(out / "accumulator.bin", c, feat_dim)
-    acc.load(sorted(out.glob("accumulator*.bin")))
+    acc = Accumulator(log_path(out), c, feat_dim)
+    acc.load(all_logs(out))
+    # counts: label-resolution pixels per class; images: the images behind each prototype
     torch.save({"prototypes": acc.prototypes(), "counts": torch.from_numpy(acc.counts.copy()),
+                "images": torch.from_numpy(acc.images.copy()), "min_pixels": acc.min_pixels,
                 "feat_dim": feat_dim, "label_space": label_space.name}, out / ".prototypes.pt.tmp")
     os.replace(out / ".prototypes.pt.tmp", out / "prototypes.pt")
     with open(out / f".{HIST_FILE}.tmp", "wb") as f:
         np.save(f, acc.hist)
     os.replace(out / f".{HIST_FILE}.tmp", out / HIST_FILE)
     manifest["class_pixels"] = {name: int(n) for name, n in zip(label_space.classes, acc.counts)}
+    manifest["prototype_images"] = {name: int(n) for name, n in zip(label_space.classes, acc.images)}
     manifest["complete"] = len(acc.done) >= len(items)
     manifest["seconds"] = round(time.time() - t0, 3)
     write_json(out / "manifest.json", manifest)
@@ -263,6 +330,8 @@ def load_pseudo_labels(pl_dir: Path, dataset, split: str) -> tuple[dict, torch.T
     manifest = read_json(pl_dir / "manifest.json")
     if manifest.get("format") != MANIFEST_FORMAT:
         raise DataError(f"{pl_dir} is not a segadapt pseudo-label folder")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise _refuse_old_version(pl_dir, manifest.get("version"))
     if not manifest.get("complete"):
         raise DataError(f"pseudo-labels in {pl_dir} are incomplete; re-run pseudo-label to finish them")
     missing = [i for i in dataset.ids(split) if not (pl_dir / "labels" / f"{i}.png").exists()]

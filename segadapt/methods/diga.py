@@ -96,28 +96,38 @@ def dps_select(pseudo_label: torch.Tensor, feat: torch.Tensor, prototypes: torch
     return torch.where(pseudo_label == nearest, pseudo_label, torch.full_like(pseudo_label, IGNORE))
 
 
-def class_feature_means(feat: torch.Tensor, label: torch.Tensor, num_classes: int):
-    """Per-class mean feature over pixels with label c (label at feature resolution, IGNORE skipped).
-    Returns (sums / counts as (C, D), counts (C,))."""
-    d = feat.shape[1]
-    f = feat.permute(0, 2, 3, 1).reshape(-1, d).float()
-    lab = label.reshape(-1)
-    valid = lab != IGNORE
-    f, lab = f[valid], lab[valid]
-    sums = torch.zeros(num_classes, d, device=feat.device).index_add_(0, lab, f)
-    counts = torch.bincount(lab, minlength=num_classes).to(feat.device)
-    means = sums / counts.clamp(min=1)[:, None]
-    return means, counts
+def class_feature_means(feat: torch.Tensor, label: torch.Tensor, num_classes: int, per_image: bool = False):
+    """Mean feature of each class over pixels with label c (label at feature resolution; IGNORE and any
+    value >= num_classes skipped). Pooled over the batch: (means (C, D), counts (C,)); with ``per_image``,
+    one row per image: (means (B, C, D), counts (B, C)), a class absent from an image has mean 0, count 0."""
+    b, d = feat.shape[:2]
+    f = feat.permute(0, 2, 3, 1).reshape(b, -1, d).float()
+    lab = label.reshape(b, -1).long()
+    valid = lab < num_classes
+    # one row per (image, class): index image * C + class
+    row = (lab + num_classes * torch.arange(b, device=lab.device)[:, None])[valid]
+    sums = torch.zeros(b * num_classes, d, device=feat.device).index_add_(0, row, f[valid]).view(b, num_classes, d)
+    counts = torch.bincount(row, minlength=b * num_classes).to(feat.device).view(b, num_classes)
+    if not per_image:
+        sums, counts = sums.sum(0), counts.sum(0)
+    return sums / counts.clamp(min=1)[..., None], counts
 
 
 def update_prototypes(prototypes: torch.Tensor, feat: torch.Tensor, label: torch.Tensor, teacher_pred: torch.Tensor,
-                      momentum: float) -> torch.Tensor:
-    """EMA of per-class teacher features over pixels whose label agrees with the teacher's argmax."""
+                      momentum: float, min_pixels: int = 5) -> torch.Tensor:
+    """DiGA's centroid update (``Class_Features.update_objective_SingleVector`` in its self-training
+    script): for each image of the batch in order, and each class c with at least ``min_pixels`` pixels
+    where ``label`` and the teacher's argmax ``teacher_pred`` are both c (all at feature resolution),
+    P_c <- (1 - m) P_c + m * (mean teacher feature over those pixels). So a class seen in two images
+    takes two EMA steps, image 0's first; classes under ``min_pixels`` in an image (and, as in the
+    official code, an all-zero mean vector) leave P_c unchanged."""
     agree = torch.where(label == teacher_pred, label, torch.full_like(label, IGNORE))
-    means, counts = class_feature_means(feat, agree, prototypes.shape[0])
-    present = counts > 0
+    means, counts = class_feature_means(feat, agree, prototypes.shape[0], per_image=True)
     out = prototypes.clone()
-    out[present] = (1 - momentum) * prototypes[present] + momentum * means[present].to(prototypes.dtype)
+    use = (counts >= min_pixels) & (means.sum(2) != 0)  # (B, C)
+    for i in range(means.shape[0]):  # sequential: image i's step starts from image i-1's result
+        stepped = (1 - momentum) * out + momentum * means[i].to(out.dtype)
+        out = torch.where(use[i, :, None], stepped, out)  # no host sync on a GPU
     return out
 
 
@@ -247,10 +257,14 @@ class DigaSelfTrain(_WithTeacher):
         valid = (yt != IGNORE).sum().clamp(min=1)
         logs["kept"] = ((yt_sel != IGNORE).sum() / valid).item()  # fraction of pseudo-labels DPS keeps
 
-        if self.prototypes is not None:  # prototypes follow the teacher (source and kept target labels)
+        if self.prototypes is not None:
+            # prototypes follow the teacher as in DiGA's code: first the target images (selected pseudo-label
+            # == teacher argmax), then the CDMix source view x_cd (source label == teacher argmax on x_cd)
             m = float(self.cfg.get("proto_momentum", 1e-4))
+            k = int(self.cfg.get("proto_min_pixels", 5))
             size = feat_t.shape[-2:]
-            self.prototypes = update_prototypes(self.prototypes.to(feat_t.device), feat_t, downsample_label(yt_sel, size),
-                                                t_t.argmax(1), m)
-            self.prototypes = update_prototypes(self.prototypes, feat_s, downsample_label(ys, size), t_s.argmax(1), m)
+            protos = update_prototypes(self.prototypes.to(feat_t.device), feat_t, downsample_label(yt_sel, size),
+                                       t_t.argmax(1), m, k)
+            self.prototypes = update_prototypes(protos, t_feat[n:2 * n], downsample_label(ys, size), t_cd.argmax(1),
+                                                m, k)
         return loss, logs
