@@ -25,6 +25,7 @@ app.command("self-train", no_args_is_help=True)(train_cmds.self_train)
 app.command("train-translator", no_args_is_help=True)(translator_cmds.train_translator)
 app.command("pseudo-label", no_args_is_help=True)(infer_cmds.pseudo_label)
 app.command("evaluate", no_args_is_help=True)(infer_cmds.evaluate)
+app.command("predict", no_args_is_help=True)(infer_cmds.predict)
 app.add_typer(visualize_cmds.app, name="visualize")
 
 
