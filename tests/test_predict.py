@@ -155,6 +155,11 @@ def test_same_names_in_two_folders_stay_apart(ckpt, images, tmp_path):
     shutil.copy(images / "cam1" / "img0.png", images / "cam1" / "img0.bmp")
     keys = {s.key for s in collect_inputs([str(images / "cam1" / "*.*")])}
     assert keys == {"img0_png", "img0_bmp", "img1"}
+    # an output folder inside the input folder: a re-run does not predict its own outputs
+    inner = images / "cam1" / "pred"
+    first = predict(ckpt, [str(images / "cam1")], inner, Protocol())
+    again = predict(ckpt, [str(images / "cam1")], inner, Protocol())
+    assert first["images"] == again["images"] == 3 and again["skipped"] == 3
 
 
 def test_video_frames_in_order(ckpt, tmp_path):

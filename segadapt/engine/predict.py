@@ -89,10 +89,12 @@ def _walk(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and _kind(p) is not None)
 
 
-def collect_inputs(inputs: list[str]) -> list[Source]:
+def collect_inputs(inputs: list[str], exclude: Path | None = None) -> list[Source]:
     """Image files, folders (recursive), globs and video files -> sources with unique output keys.
 
-    An input that matches nothing is a usage error (a typo must not silently predict fewer files)."""
+    An input that matches nothing is a usage error (a typo must not silently predict fewer files).
+    Files under ``exclude`` (the output folder, when it lies inside an input folder) are left out, so a
+    re-run never predicts its own overlays."""
     if not inputs:
         raise UsageError("give at least one --input (image, folder, glob or video)")
     found: list[tuple[Path, Path, str]] = []  # (file, base folder, kind)
@@ -121,12 +123,17 @@ def collect_inputs(inputs: list[str]) -> list[Source]:
         if not matched:
             raise UsageError(f"input {text} matched no image or video "
                              f"({', '.join(sorted(IMAGE_EXTS | VIDEO_EXTS))})")
+    skip = Path(exclude).resolve() if exclude is not None else None
     seen, unique = set(), []
     for f, base, kind in found:
         r = f.resolve()
+        if skip is not None and r.is_relative_to(skip):
+            continue
         if r not in seen:  # the same file named twice (a folder and a glob inside it) is predicted once
             seen.add(r)
             unique.append((f.absolute(), base.absolute(), kind))
+    if not unique:
+        raise UsageError(f"the inputs hold nothing but the output folder {exclude}")
     root = Path(os.path.commonpath([str(b) for _, b, _ in unique]))
     rels = [f.relative_to(root) for f, _, _ in unique]
     stems = [r.with_suffix("").as_posix() for r in rels]
@@ -409,8 +416,8 @@ def predict(ckpt, inputs: list[str], out, protocol: Protocol, weights: str = "st
         alpha_weight(alpha)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    sources = collect_inputs(list(inputs))
     ckpt, out = Path(ckpt), Path(out)
+    sources = collect_inputs(list(inputs), exclude=out)
     model, ls, meta = _load(ckpt, weights, device)
     manifest = {"format": FORMAT, "version": 1, "checkpoint": str(ckpt.resolve()),
                 "checkpoint_sha256": ckpt_digest(ckpt), "weights": meta["weights_used"],
