@@ -229,9 +229,9 @@ def test_resume_skips_finished_and_force_redoes(ckpt, images, tmp_path):
     # rebuilds the overlay video from the finished frames
     (tmp_path / "out" / "overlay" / "in" / "cam1" / "img1.png").unlink()
     (tmp_path / "out" / "labels" / "v" / "000002.png").unlink()
-    (tmp_path / "out" / "videos" / "v.mp4").unlink()
     part = predict(ckpt, *args)
     assert (part["computed"], part["skipped"]) == (2, 7)
+    assert (tmp_path / "out" / "videos" / "v.mp4").stat().st_mtime_ns != video.st_mtime_ns
     assert len(decode(tmp_path / "out" / "videos" / "v.mp4")[0]) == 5
     after = _stamps(tmp_path / "out")
     changed = {p for p in before if after.get(p) != before[p]}
@@ -300,6 +300,7 @@ def test_refusals(ckpt, images, tmp_path):
     assert json.loads((tmp_path / "o3" / "predict.json").read_text())["checkpoint"] == str(other.resolve())
 
 
+@pytest.mark.slow  # three CLI processes
 def test_cli(ckpt, images, tmp_path):
     """A shell-expanded glob after --input (several paths) works; --json prints one object; a translator
     checkpoint is one error line and exit 1; no input matched is exit 2."""

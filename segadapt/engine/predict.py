@@ -287,15 +287,17 @@ class _Reader:
         video_file = self.out / "videos" / f"{s.key}.mp4"
         c = self.ls.num_classes
         if done is not None and video_file.exists() and not self.force:
-            n = int(done["frames"])
             lost = set(done.get("lost", []))
-            for i in range(n + len(lost)):
-                key = f"{s.key}/{i:06d}"
-                if i in lost:
-                    self._put(Failed(s, i, "frame could not be decoded", earlier=True))
-                elif (self.out / "labels" / f"{key}.png").exists():
-                    self._put(Finished(key, s, i, _counts_of(self.out / "labels" / f"{key}.png", c)))
-            return
+            idx = [i for i in range(int(done["frames"]) + len(lost)) if i not in lost]
+            # finished, unless outputs of a frame went missing since: then the video is decoded again
+            if all(self._finished(f"{s.key}/{i:06d}") for i in idx):
+                for i in range(len(idx) + len(lost)):
+                    key = f"{s.key}/{i:06d}"
+                    if i in lost:
+                        self._put(Failed(s, i, "frame could not be decoded", earlier=True))
+                    else:
+                        self._put(Finished(key, s, i, _counts_of(self.out / "labels" / f"{key}.png", c)))
+                return
         cap = cv2.VideoCapture(str(s.path))
         if not cap.isOpened():
             self._put(Failed(s, None, f"cannot open video {s.path}"))
