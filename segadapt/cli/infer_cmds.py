@@ -128,7 +128,7 @@ def predict(
                                                                 "max softmax probability * 65535)."),
     alpha: float = typer.Option(0.5, "--alpha", help="Weight of the colour map in the overlay (0..1)."),
     legend: bool = typer.Option(True, "--legend/--no-legend", help="Draw the classes present into the overlay."),
-    workers: int = typer.Option(2, "--workers", help="Threads that colour, blend and write the outputs."),
+    writers: int = typer.Option(2, "--writers", help="Threads that colour, blend and write the outputs."),
     force: bool = typer.Option(False, "--force", help="Redo finished outputs; replace another model's folder."),
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON summary on stdout."),
 ):
@@ -140,7 +140,7 @@ def predict(
     summary = run_predict(ckpt, [*(inputs or []), *(more or [])], out,
                           _protocol(scales, flip, fusion, mode, crop, stride), weights, dev,
                           amp=amp_dtype(amp, dev), size=parse_resize(size), batch_size=batch_size,
-                          confidence=confidence, force=force, alpha=alpha, legend=legend, workers=workers)
+                          confidence=confidence, force=force, alpha=alpha, legend=legend, workers=writers)
     if json_out:
         typer.echo(json.dumps(summary))
     else:

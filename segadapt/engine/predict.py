@@ -413,7 +413,7 @@ def predict(ckpt, inputs: list[str], out, protocol: Protocol, weights: str = "st
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     if workers < 1:
-        raise UsageError("--workers must be at least 1")
+        raise UsageError("--writers must be at least 1")
     try:
         alpha_weight(alpha)
     except ValueError as e:
