@@ -1,10 +1,10 @@
-"""`segadapt pseudo-label` and `segadapt evaluate`."""
+"""`segadapt pseudo-label`, `segadapt evaluate` and `segadapt predict`."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -22,6 +22,14 @@ from segadapt.errors import DataError, UsageError
 WEIGHTS = typer.Option("student", "--weights", help="student, or teacher (the EMA model).")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ...")
 AMP = typer.Option("auto", "--amp", help="Mixed precision: auto (bf16/fp16 on CUDA), off, bf16, fp16.")
+# evaluate's inference settings, shared with `predict` so both run the model the same way
+SCALES = typer.Option("1.0", "--scales", help="Inference scales, e.g. 1.0,0.75.")
+FLIP = typer.Option(False, "--flip/--no-flip")
+FUSION = typer.Option("mean", "--fusion", help="max or mean over scales.")
+MODE = typer.Option("whole", "--mode", help="whole or slide.")
+CROP = typer.Option(None, "--crop", help="Sliding window HxW.")
+STRIDE = typer.Option(None, "--stride", help="Sliding stride HxW.")
+SIZE = typer.Option(None, "--size", help="Run the model on images resized to WxH.")
 
 
 def _protocol(scales, flip, fusion, mode, crop, stride) -> Protocol:
@@ -64,13 +72,13 @@ def evaluate(
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
     classes: str = typer.Option("all", "--protocol",
                                 help="Classes scored: all, 19, or the SYNTHIA protocols 16 / 13 (reports both)."),
-    scales: str = typer.Option("1.0", "--scales"),
-    flip: bool = typer.Option(False, "--flip/--no-flip"),
-    fusion: str = typer.Option("mean", "--fusion", help="max or mean over scales."),
-    mode: str = typer.Option("whole", "--mode", help="whole or slide."),
-    crop: Optional[str] = typer.Option(None, "--crop", help="Sliding window HxW."),
-    stride: Optional[str] = typer.Option(None, "--stride", help="Sliding stride HxW."),
-    size: Optional[str] = typer.Option(None, "--size", help="Run the model on images resized to WxH."),
+    scales: str = SCALES,
+    flip: bool = FLIP,
+    fusion: str = FUSION,
+    mode: str = MODE,
+    crop: Optional[str] = CROP,
+    stride: Optional[str] = STRIDE,
+    size: Optional[str] = SIZE,
     weights: str = WEIGHTS,
     device: str = DEVICE,
     amp: str = AMP,
@@ -103,3 +111,55 @@ def evaluate(
 
         Console().print(format_table(result, f"{split}: {result['num_images']} images"))
         console.print(f"protocol: {json.dumps(result['protocol'])}", highlight=False)
+
+
+def predict(
+    ckpt: Path = typer.Option(..., "--ckpt", help="Trained segmentation checkpoint (label space and palette "
+                                                 "come from it)."),
+    inputs: Optional[List[str]] = typer.Option(None, "--input", "-i",
+                                               help="Image, folder (recursive), glob ('imgs/**/*.jpg') or video "
+                                                    "(mp4, avi, ...); repeat for more."),
+    more: Optional[List[str]] = typer.Argument(None, help="More inputs (what a shell glob after --input expands to).",
+                                               show_default=False),
+    out: Path = typer.Option(..., "--out", help="Output folder: labels/, color/, overlay/, confidence/, videos/."),
+    scales: str = SCALES,
+    flip: bool = FLIP,
+    fusion: str = FUSION,
+    mode: str = MODE,
+    crop: Optional[str] = CROP,
+    stride: Optional[str] = STRIDE,
+    size: Optional[str] = SIZE,
+    weights: str = WEIGHTS,
+    device: str = DEVICE,
+    amp: str = AMP,
+    batch_size: int = typer.Option(4, "--batch-size", help="Images (of one size) or frames per forward pass."),
+    confidence: bool = typer.Option(False, "--confidence", help="Also write confidence/<key>.png (uint16, "
+                                                                "max softmax probability * 65535)."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Weight of the colour map in the overlay (0..1)."),
+    legend: bool = typer.Option(True, "--legend/--no-legend", help="Draw the classes present into the overlay."),
+    writers: int = typer.Option(2, "--writers", help="Threads that colour, blend and write the outputs."),
+    force: bool = typer.Option(False, "--force", help="Redo finished outputs; replace another model's folder."),
+    json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON summary on stdout."),
+):
+    """Predict images, folders, globs and videos: trainId, colour and overlay PNGs (+ confidence), and an
+    overlay video per video (resumable; unreadable inputs are reported, skipped, and exit 1 at the end)."""
+    from segadapt.engine.predict import predict as run_predict
+
+    dev = resolve_device(device)
+    summary = run_predict(ckpt, [*(inputs or []), *(more or [])], out,
+                          _protocol(scales, flip, fusion, mode, crop, stride), weights, dev,
+                          amp=amp_dtype(amp, dev), size=parse_resize(size), batch_size=batch_size,
+                          confidence=confidence, force=force, alpha=alpha, legend=legend, workers=writers)
+    if json_out:
+        typer.echo(json.dumps(summary))
+    else:
+        shares = sorted(summary["class_pixel_share"].items(), key=lambda kv: -kv[1])
+        top = ", ".join(f"{k} {100 * v:.1f}%" for k, v in shares[:5] if v > 0)
+        typer.echo(f"{summary['images']} images, {summary['frames']} video frames -> {summary['out']} "
+                   f"({summary['computed']} computed, {summary['skipped']} already done, {len(summary['failed'])} "
+                   f"failed, {summary['seconds']:.1f}s); pixels: {top or 'none'}")
+    if summary["failed"]:
+        f = summary["failed"][0]
+        first = f"{f['input']}" + (f" frame {f['frame']}" if f["frame"] is not None else "")
+        raise DataError(f"{len(summary['failed'])} inputs or frames could not be read and were skipped "
+                        f"(first: {first}); everything else was written")
