@@ -26,7 +26,6 @@ lists them and the caller exits 1 after writing everything else.
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import queue
 import shutil
@@ -44,7 +43,7 @@ import torch.nn.functional as F
 
 from segadapt.console import log, progress
 from segadapt.data.io import read_image, read_json, read_label, write_json, write_png
-from segadapt.engine.checkpoint import RunLock, file_sha256, load_checkpoint
+from segadapt.engine.checkpoint import RunLock, file_sha256
 from segadapt.engine.inference import Protocol, infer, load_model
 from segadapt.engine.pseudo_label import CONF_SCALE
 from segadapt.errors import DataError, UsageError
@@ -352,19 +351,6 @@ class _Stopped(Exception):
 
 # -- the folder ------------------------------------------------------------------------------------
 
-def ckpt_digest(path: Path) -> str:
-    """sha256 of a checkpoint file, or of a checkpoint folder (every file's name and digest)."""
-    path = Path(path)
-    if path.is_file():
-        return file_sha256(path)
-    if path.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(f.relative_to(path).as_posix().encode() + b"\0" + file_sha256(f).encode())
-        return h.hexdigest()
-    raise DataError(f"checkpoint {path} does not exist")
-
-
 def _check_existing(out: Path, manifest: dict, force: bool) -> dict:
     """Refuse a folder holding another model's predictions unless forced (then clear it). Returns the
     finished-video records to keep."""
@@ -389,21 +375,6 @@ def _check_existing(out: Path, manifest: dict, force: bool) -> dict:
     return dict(old.get("videos", {}))
 
 
-def _load(ckpt: Path, weights: str, device):
-    try:
-        return load_model(ckpt, weights, device)
-    except DataError:
-        if Path(ckpt).is_file():  # say what it is when it is another kind of segadapt checkpoint
-            try:
-                c = load_checkpoint(ckpt)
-            except DataError:
-                c = {}
-            if c.get("stage") == "translator" or "generator_spec" in c:
-                raise DataError(f"{ckpt} is an image-translator checkpoint (train-translator), not a "
-                                "segmentation model; give a warmup or self-train checkpoint") from None
-        raise
-
-
 # -- the run ---------------------------------------------------------------------------------------
 
 def predict(ckpt, inputs: list[str], out, protocol: Protocol, weights: str = "student", device=torch.device("cpu"),
@@ -420,9 +391,9 @@ def predict(ckpt, inputs: list[str], out, protocol: Protocol, weights: str = "st
         raise UsageError(str(e)) from None
     ckpt, out = Path(ckpt), Path(out)
     sources = collect_inputs(list(inputs), exclude=out)
-    model, ls, meta = _load(ckpt, weights, device)
+    model, ls, meta = load_model(ckpt, weights, device)  # refuses a translator checkpoint
     manifest = {"format": FORMAT, "version": 1, "checkpoint": str(ckpt.resolve()),
-                "checkpoint_sha256": ckpt_digest(ckpt), "weights": meta["weights_used"],
+                "checkpoint_sha256": file_sha256(ckpt), "weights": meta["weights_used"],
                 "protocol": {**protocol.to_dict(), "size": list(size) if size else None},
                 "overlay": {"alpha": float(alpha), "legend": bool(legend)},
                 "label_space": ls.to_dict(), "videos": {}}
