@@ -220,3 +220,34 @@ def test_cli_one_line_errors_force_json_and_check_images(tiny_ckpt, tmp_path):
     assert report["ok"] and [c["shape"] for c in report["checks"]] == [[1, 3, 48, 64], [1, 3, 57, 41]]
     assert report["max_abs_diff"] < 1e-4 and report["check_inputs"] == str(images)
     assert out.read_bytes()[:2] == b"PK"  # the TorchScript zip replaced the old file
+
+
+@pytest.mark.slow  # exports ONNX (~10 s) and runs predict three times
+@needs_onnx
+def test_predict_runs_onnx_and_torchscript_exports_like_the_checkpoint(tiny_ckpt, tmp_path):
+    from segadapt.data.io import read_label
+
+    rng = np.random.default_rng(0)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):  # 8-bit files: round(x * 255) gives the export exactly the pixels read
+        cv2.imwrite(str(images / f"f{i}.png"), rng.integers(0, 256, (48 + 8 * i, 80, 3), dtype=np.uint8))
+    X.export_model(tiny_ckpt, "onnx", tmp_path / "m.onnx", check_sizes=SIZES)
+    X.export_model(tiny_ckpt, "torchscript", tmp_path / "m.ts", check_sizes=SIZES)
+    # scale 1 with flip: the export sees exactly the pixels read (another scale resizes the float image,
+    # and the uint8 contract then rounds it to within half a grey level)
+    run_cli("predict", "--ckpt", tiny_ckpt, "--input", images, "--out", tmp_path / "ref", "--flip")
+    for name in ("m.onnx", "m.ts"):
+        out = tmp_path / f"pred_{name}"
+        proc = run_cli("predict", "--model", tmp_path / name, "--input", images, "--out", out, "--flip", "--json")
+        assert json.loads(proc.stdout)["images"] == 3
+        for i in range(3):
+            ref, got = read_label(tmp_path / "ref" / "labels" / f"f{i}.png"), read_label(out / "labels" / f"f{i}.png")
+            assert (ref == got).mean() >= 0.999  # the same network; float ties may split differently
+    bad = run_cli("predict", "--ckpt", tiny_ckpt, "--model", tmp_path / "m.onnx", "--input", images,
+                  "--out", tmp_path / "x", check=False)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    bad = run_cli("predict", "--model", tmp_path / "junk.onnx", "--input", images, "--out", tmp_path / "y", check=False)
+    assert bad.returncode == 1 and "not a segadapt ONNX export" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

@@ -114,8 +114,11 @@ def evaluate(
 
 
 def predict(
-    ckpt: Path = typer.Option(..., "--ckpt", help="Trained segmentation checkpoint (label space and palette "
-                                                 "come from it)."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Trained segmentation checkpoint or safetensors "
+                                                            "export folder (label space and palette come from it)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Instead of --ckpt: an .onnx or TorchScript file "
+                                                              "made by segadapt export (run with ONNX Runtime / "
+                                                              "TorchScript)."),
     inputs: Optional[List[str]] = typer.Option(None, "--input", "-i",
                                                help="Image, folder (recursive), glob ('imgs/**/*.jpg') or video "
                                                     "(mp4, avi, ...); repeat for more."),
@@ -145,11 +148,15 @@ def predict(
     overlay video per video (resumable; unreadable inputs are reported, skipped, and exit 1 at the end)."""
     from segadapt.engine.predict import predict as run_predict
 
+    if (ckpt is None) == (model is None):
+        raise UsageError("give exactly one of --ckpt (a checkpoint or export folder) and --model (an .onnx or "
+                         "TorchScript export)")
     dev = resolve_device(device)
-    summary = run_predict(ckpt, [*(inputs or []), *(more or [])], out,
+    summary = run_predict(ckpt or model, [*(inputs or []), *(more or [])], out,
                           _protocol(scales, flip, fusion, mode, crop, stride), weights, dev,
                           amp=amp_dtype(amp, dev), size=parse_resize(size), batch_size=batch_size,
-                          confidence=confidence, force=force, alpha=alpha, legend=legend, workers=writers)
+                          confidence=confidence, force=force, alpha=alpha, legend=legend, workers=writers,
+                          exported=model is not None)
     if json_out:
         typer.echo(json.dumps(summary))
     else:

@@ -343,3 +343,57 @@ def format_report(report: dict) -> str:
                  f"{100 * report['agreement']:.4f} % (>= {100 * report['min_agreement']:.1f} % required)")
     return "\n".join(lines)
 
+
+
+# -- running an export (segadapt predict --model) ------------------------------------------------
+
+
+class ExportedRunner(nn.Module):
+    """An ONNX or TorchScript export behind the Segmenter's interface, so `infer` (scales, flip,
+    sliding window) runs it unchanged: takes segadapt's float 0..1 RGB batch, feeds the graph its uint8
+    contract (``round(x * 255)``: exact for images read from 8-bit files, within half a grey level after
+    a --size resize), returns ``{"logits": ...}`` at input resolution (no "feat": exports hold none)."""
+
+    def __init__(self, run, device: torch.device):
+        super().__init__()
+        self.run, self.device = run, device
+
+    def forward(self, x: torch.Tensor) -> dict:
+        image = (x.float() * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+        return {"logits": torch.as_tensor(self.run(image)).to(x.device)}
+
+
+def load_exported(path, device: torch.device):
+    """(runner, label space, metadata) of an `.onnx` or TorchScript export made by `segadapt export`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"exported model {path} does not exist (make one with segadapt export)")
+    if path.suffix.lower() == ".onnx":
+        require_extra("onnx")
+        import onnxruntime as ort
+
+        try:
+            meta = read_onnx_metadata(path)
+        except Exception as e:  # noqa: BLE001 - a damaged or foreign file: one line, whatever the parser says
+            raise DataError(f"{path} is not a segadapt ONNX export: {str(e).splitlines()[0][:200]}") from None
+        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
+                     if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+                     else ["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), providers=providers)
+        run = lambda u8: session.run(["logits"], {"image": u8.cpu().numpy()})[0]  # noqa: E731
+    else:
+        try:
+            meta = read_torchscript_metadata(path)
+            with _quiet():
+                module = torch.jit.load(str(path), map_location=device)
+        except Exception as e:  # noqa: BLE001
+            raise DataError(f"{path} is neither an .onnx file nor a segadapt TorchScript export: "
+                            f"{str(e).splitlines()[0][:200]}") from None
+
+        def run(u8):
+            with _quiet():
+                return module(u8.to(device))
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        raise DataError(f"{path} carries no segadapt export metadata (make it with segadapt export)")
+    meta = {**meta, "weights_used": meta.get("weights")}
+    return ExportedRunner(run, device).eval(), LabelSpace.from_dict(meta["label_space"]), meta

@@ -379,8 +379,9 @@ def _check_existing(out: Path, manifest: dict, force: bool) -> dict:
 
 def predict(ckpt, inputs: list[str], out, protocol: Protocol, weights: str = "student", device=torch.device("cpu"),
             amp=None, size=None, batch_size: int = 1, confidence: bool = False, force: bool = False,
-            alpha: float = 0.5, legend: bool = True, workers: int = 2) -> dict:
-    """Predict every input; returns the summary (see ``segadapt predict --json``)."""
+            alpha: float = 0.5, legend: bool = True, workers: int = 2, exported: bool = False) -> dict:
+    """Predict every input; returns the summary (see ``segadapt predict --json``). ``exported``: ``ckpt``
+    is an ONNX or TorchScript file of `segadapt export` (`--model`), run through ``load_exported``."""
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     if workers < 1:
@@ -391,7 +392,12 @@ def predict(ckpt, inputs: list[str], out, protocol: Protocol, weights: str = "st
         raise UsageError(str(e)) from None
     ckpt, out = Path(ckpt), Path(out)
     sources = collect_inputs(list(inputs), exclude=out)
-    model, ls, meta = load_model(ckpt, weights, device)  # refuses a translator checkpoint
+    if exported:
+        from segadapt.engine.export import load_exported
+
+        model, ls, meta = load_exported(ckpt, device)
+    else:
+        model, ls, meta = load_model(ckpt, weights, device)  # refuses a translator checkpoint
     manifest = {"format": FORMAT, "version": 1, "checkpoint": str(ckpt.resolve()),
                 "checkpoint_sha256": file_sha256(ckpt), "weights": meta["weights_used"],
                 "protocol": {**protocol.to_dict(), "size": list(size) if size else None},
