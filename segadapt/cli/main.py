@@ -13,6 +13,7 @@ import typer
 from segadapt import __version__
 from segadapt.cli import infer_cmds, prepare_cmds, train_cmds, visualize_cmds
 from segadapt.cli import translator_cmds
+from segadapt.cli import import_cmds
 from segadapt.errors import SegadaptError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -26,6 +27,7 @@ app.command("train-translator", no_args_is_help=True)(translator_cmds.train_tran
 app.command("pseudo-label", no_args_is_help=True)(infer_cmds.pseudo_label)
 app.command("evaluate", no_args_is_help=True)(infer_cmds.evaluate)
 app.add_typer(visualize_cmds.app, name="visualize")
+app.command("import-checkpoint", no_args_is_help=True)(import_cmds.import_checkpoint)
 
 
 def _version(value: bool):
