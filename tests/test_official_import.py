@@ -88,10 +88,11 @@ def _ref_layer(inplanes, planes, blocks, stride=1, dilation=1):
 
 
 class RefProDAResNet101(nn.Module):
-    """ProDA's ``ResNet101`` (bn_clr off): conv1, bn1, layer1..4, layer5."""
+    """ProDA's ``ResNet101``: conv1, bn1, layer1..4, (bn_pretrain with bn_clr), layer5."""
 
-    def __init__(self, num_classes):
+    def __init__(self, num_classes, bn_clr=False):
         super().__init__()
+        self.bn_clr = bn_clr
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU()
@@ -101,10 +102,15 @@ class RefProDAResNet101(nn.Module):
         self.layer3 = _ref_layer(512, 256, 23, dilation=2)
         self.layer4 = _ref_layer(1024, 512, 3, dilation=4)
         self.layer5 = RefClassifierModule2(2048, [6, 12, 18, 24], num_classes)
+        if bn_clr:
+            self.bn_pretrain = nn.BatchNorm2d(2048)
 
     def forward(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer5(self.layer4(self.layer3(self.layer2(self.layer1(x)))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        if self.bn_clr:
+            x = self.bn_pretrain(x)
+        return self.layer5(x)
 
 
 class RefDiGASegModel(nn.Module):
@@ -184,22 +190,24 @@ def test_diga_import_reproduces_the_official_forward(diga_file, tmp_path):
     _close(mine["feat"], official["feat"])  # the 256-d map before the classifier
 
 
-@pytest.mark.parametrize("source,ref_cls", [("diga", "RefDiGASegModel"), ("proda", "RefProDAResNet101")])
-def test_official_key_sets_map_onto_the_model_exactly(source, ref_cls):
+@pytest.mark.parametrize("source,ref_cls,kw", [("diga", "RefDiGASegModel", {}), ("proda", "RefProDAResNet101", {}),
+                                               ("proda", "RefProDAResNet101", {"bn_clr": True})])
+def test_official_key_sets_map_onto_the_model_exactly(source, ref_cls, kw):
     from segadapt.models import official_keys as OK
 
     with torch.device("meta"):  # key names and shapes only: no memory, no initialisation
-        ref = globals()[ref_cls](19)
+        ref = globals()[ref_cls](19, **kw)
         mine = build_segmenter(OK.official_spec(ref.state_dict(), source, "f")[0], 19)
     mapped = OK.to_segadapt(ref.state_dict(), source, "f")
     assert set(mapped) == set(mine.state_dict())
     assert all(mapped[k].shape == v.shape for k, v in mine.state_dict().items())
     assert all(OK.official_name(k, source) in ref.state_dict() for k in mine.state_dict())
+    assert mine.spec["post_backbone_bn"] == bool(kw)
 
 
 @pytest.mark.slow
 def test_proda_import_reproduces_the_official_forward(tmp_path):
-    ref = _randomise(RefProDAResNet101(19), seed=2)
+    ref = _randomise(RefProDAResNet101(19, bn_clr=True), seed=2)  # a stage-2/3 model (SimCLR init, bn_clr)
     path = tmp_path / "from_gta5_to_cityscapes_on_deeplabv2_best_model.pkl"
     torch.save({"ResNet101": {"model_state": ref.state_dict(), "objective_vectors": torch.zeros(19, 256)},
                 "FCDiscriminator": {"model_state": {"conv1.weight": torch.zeros(1)}}, "iter": 5,
@@ -207,7 +215,7 @@ def test_proda_import_reproduces_the_official_forward(tmp_path):
     out = tmp_path / "last.pt"
     import_checkpoint("proda", path, out)
     model, _, ckpt = load_model(out)
-    assert ckpt["model_spec"]["input_norm"] == "proda"
+    assert ckpt["model_spec"]["input_norm"] == "proda" and ckpt["model_spec"]["post_backbone_bn"]
     x = torch.rand(1, 3, 30, 44, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         _close(model(x)["logits"], ref(_proda_input(x))["out"])
@@ -389,7 +397,6 @@ def test_bad_files_one_line_and_nothing_written(diga_file, tmp_path):
         ("daformer", small, "pass --from diga"),
         ("diga", dict(small, **{"final.head.1.weight": torch.zeros(16, 256, 1, 1)}),
          "predicts 16 classes, label space 'cityscapes19' has 19; pass the --label-space"),
-        ("diga", dict(small, **{"bn_pretrain.weight": torch.zeros(2048)}), "bn_pretrain"),
         ("diga", {"Scale.conv1.weight": torch.zeros(64, 3, 7, 7)}, "AdaptSegNet's ImageNet DeepLab init"),
     ]
     for source, bad, message in cases:

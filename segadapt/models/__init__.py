@@ -80,6 +80,7 @@ def build_model(spec: dict | None, num_classes: int) -> nn.Module:
       DiGA's head: GroupNorm branches concatenated, squeeze-excitation, 3x3 fusion, bias-free classifier).
     - ``input_norm``: ``imagenet`` (default), ``caffe`` (default of ``resnet101_caffe``), ``diga`` or
       ``proda``: how the ``Segmenter`` normalises RGB in [0, 1] before the network (``base.INPUT_NORMS``).
+    - ``post_backbone_bn``: a trained BatchNorm on the backbone output (ProDA's ``bn_clr``; default false).
     - ``feat_dim``: channels of the feature map ``feat`` (default 256; 64 for ``tiny``).
     - ``aspp_rates``: dilation rates of the summed ASPP branches (default [6, 12, 18, 24];
       [1, 2, 3, 4] for ``tiny``, whose maps are small).

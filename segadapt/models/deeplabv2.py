@@ -20,6 +20,9 @@ Two heads (``head``):
 ``imagenet`` (default; torchvision weights), ``caffe`` (default of ``resnet101_caffe``: BGR 0..255 minus
 the Caffe mean, what its init file was trained on), ``diga`` (that divided by 128, DiGA's loaders) or
 ``proda`` (RGB in [0, 1], ProDA's loaders).
+
+``post_backbone_bn: true`` adds a BatchNorm (affine, trained with the head) on the backbone output before
+the head: ProDA's ``bn_clr`` option (``bn_pretrain``), used with its SimCLR-distilled stages 2 and 3.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ _DEFAULTS = {
     "tiny": {"feat_dim": 64, "aspp_rates": [1, 2, 3, 4], "width": 16},
 }
 KEYS = ("arch", "backbone", "head", "feat_dim", "aspp_rates", "dropout", "pretrained", "freeze_bn", "width",
-        "input_norm")
+        "input_norm", "post_backbone_bn")
 HEADS = ("aspp_sum", "proda")
 GN_GROUPS = 32  # GroupNorm groups of the proda head (official)
 SE_REDUCTION = 16  # squeeze-and-excitation reduction of the proda head (official)
@@ -65,7 +68,10 @@ def resolve_spec(spec: dict) -> dict:
         "width": spec.get("width", defaults["width"]),
         "input_norm": check_input_norm(spec.get("input_norm",
                                                 "caffe" if backbone == "resnet101_caffe" else "imagenet")),
+        "post_backbone_bn": spec.get("post_backbone_bn", False),
     }
+    if not isinstance(out["post_backbone_bn"], bool):
+        raise UsageError(f"post_backbone_bn must be true or false, got {out['post_backbone_bn']!r}")
     check_conv_head_spec(out)
     if head == "proda" and out["feat_dim"] % GN_GROUPS:
         raise UsageError(f"head 'proda' needs feat_dim divisible by its {GN_GROUPS} GroupNorm groups, "
@@ -125,11 +131,14 @@ class DeepLabV2(SegmentationNet):
     """``forward(x) -> {"logits": [B, C, h, w], "feat": [B, feat_dim, h, w]}``, h, w = ceil(H/8), ceil(W/8)."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, feat_dim: int = 256,
-                 aspp_rates=(6, 12, 18, 24), dropout: float = 0.1, freeze_bn: bool = False, head: str = "aspp_sum"):
+                 aspp_rates=(6, 12, 18, 24), dropout: float = 0.1, freeze_bn: bool = False, head: str = "aspp_sum",
+                 post_backbone_bn: bool = False):
         super().__init__()
         self.backbone = backbone
         self.head_kind = head
         cin = backbone.out_channels
+        # outside self.backbone: it belongs to the head's parameter group and is never frozen (as bn_pretrain)
+        self.post_backbone_bn = nn.BatchNorm2d(cin) if post_backbone_bn else None
         if head == "proda":
             self.head = ProDAHead(cin, feat_dim, aspp_rates)
             self.feat_dropout = nn.Dropout2d(dropout)  # inside features(): feat is the dropped-out map (official)
@@ -157,6 +166,8 @@ class DeepLabV2(SegmentationNet):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The ``feat_dim`` feature map before the classifier."""
         f = self.backbone(x)[-1]
+        if self.post_backbone_bn is not None:
+            f = self.post_backbone_bn(f)
         if self.head_kind == "proda":
             return self.feat_dropout(self.head(f))
         out = self.aspp[0](f)
@@ -169,4 +180,5 @@ def build(spec: dict, num_classes: int) -> DeepLabV2:
     """Build from a spec already resolved by :func:`resolve_spec`."""
     backbone = build_backbone(spec["backbone"], pretrained=spec["pretrained"], width=spec["width"])
     return DeepLabV2(backbone, num_classes, feat_dim=spec["feat_dim"], aspp_rates=spec["aspp_rates"],
-                     dropout=spec["dropout"], freeze_bn=spec["freeze_bn"], head=spec["head"])
+                     dropout=spec["dropout"], freeze_bn=spec["freeze_bn"], head=spec["head"],
+                     post_backbone_bn=spec["post_backbone_bn"])

@@ -12,7 +12,8 @@ final check is :func:`segadapt.models.caffe_resnet.load_exact`). Layouts, from t
 - ``proda``: ProDA's ``train.py`` saves ``{"ResNet101": {"model_state": ..., "objective_vectors": ...},
   "FCDiscriminator": {...}, "iter", "best_iou"}`` (``*_best_model.pkl``); ``model_state`` has the
   ``ResNet101`` names: ``conv1``, ``bn1``, ``layer1`` ... ``layer4``, ``layer5.*`` (the same head as
-  DiGA's ``final.*``). The discriminator and prototypes are not the segmenter and are skipped. Input: RGB
+  DiGA's ``final.*``), plus ``bn_pretrain.*`` where trained with ``bn_clr`` (stages 2-3; segadapt's
+  ``post_backbone_bn``). The discriminator and prototypes are not the segmenter and are skipped. Input: RGB
   in [0, 1].
 - ``daformer``: an mmseg checkpoint ``{"meta", "state_dict", "optimizer"}`` of DAFormer's UDA wrapper,
   whose ``state_dict`` holds ``model.*`` (the student), ``ema_model.*`` (the teacher) and, with the
@@ -66,6 +67,8 @@ def _deeplab_key(key: str, source: str) -> str | None:
         return f"net.backbone.{key}"
     if key.startswith(head_prefix) and (mapped := _head_key(key[len(head_prefix):])):
         return f"net.{mapped}"
+    if m := re.fullmatch(r"bn_pretrain\.(\w+)", key):  # the bn_clr BatchNorm after layer4
+        return f"net.post_backbone_bn.{m[1]}"
     return None
 
 
@@ -74,10 +77,6 @@ def _check_deeplab_file(state: Mapping[str, torch.Tensor], source: str, origin: 
     if any(k.startswith("Scale.") for k in state):
         raise DataError(f"{origin} is AdaptSegNet's ImageNet DeepLab init, not a trained {source} model; "
                         "use it as model.pretrained of backbone resnet101_caffe")
-    if any(k.startswith("bn_pretrain.") for k in state):
-        raise DataError(f"{origin} has a BatchNorm after layer4 ('bn_pretrain', the bn_clr option of the SimCLR-"
-                        "initialised ProDA stages 2-3), which segadapt's DeepLab-v2 does not have; import a "
-                        "checkpoint trained without bn_clr")
 
 
 def _deeplab_state(state: Mapping[str, torch.Tensor], source: str, origin: str) -> dict[str, torch.Tensor]:
@@ -166,6 +165,8 @@ def official_name(key: str, source: str) -> str:
         if source == "diga" and key.startswith(("conv1.", "bn1.")):
             return ("layer0.0." if key.startswith("conv1.") else "layer0.1.") + key.split(".", 1)[1]
         return key
+    if key.startswith("post_backbone_bn."):
+        return "bn_pretrain." + key[len("post_backbone_bn."):]
     head = "final." if source == "diga" else "layer5."
     if key == "classifier.weight":
         return head + "head.1.weight"
@@ -228,7 +229,8 @@ def official_spec(state: Mapping[str, torch.Tensor], source: str, origin: str) -
     _check_deeplab_file(state, source, origin)
     n = _deeplab_num_classes(state, source, origin)
     spec = {"arch": "deeplabv2", "backbone": "resnet101_caffe", "head": "proda", "feat_dim": 256,
-            "aspp_rates": [6, 12, 18, 24], "input_norm": source}
+            "aspp_rates": [6, 12, 18, 24], "input_norm": source,
+            "post_backbone_bn": any(k.startswith("bn_pretrain.") for k in state)}
     return spec, n
 
 
