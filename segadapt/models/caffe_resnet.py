@@ -17,8 +17,9 @@ BatchNorm affine parameters are frozen (``requires_grad=False``), as in AdaptSeg
 ``pretrained: PATH`` loads AdaptSegNet's ``DeepLab_resnet_pretrained_init-f81d91e8.pth`` (the Caffe DeepLab
 ResNet-101 converted to PyTorch) by its published key names (``Scale.conv1.weight``, ``Scale.bn1.*``,
 ``Scale.layer1.0.conv1.weight`` ... ``Scale.layer4.2.bn3.*``). Its ``Scale.layer5.*`` classifier (DeepLab's
-summed ASPP for another label space) is skipped, as AdaptSegNet and DiGA skip it for 19 classes; every other
-key must be present and fit. The network was trained on BGR 0..255 minus the Caffe mean, hence the
+summed ASPP for another label space) is skipped, as AdaptSegNet and DiGA skip it for 19 classes (for other
+class counts their loop copies it and the strict load fails; here it is skipped always); every other key
+must be present and fit. The network was trained on BGR 0..255 minus the Caffe mean, hence the
 ``input_norm`` defaults of ``resnet101_caffe`` (see ``deeplabv2``).
 """
 
