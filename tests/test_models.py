@@ -190,8 +190,9 @@ def test_spec_errors():
 
 def test_spec_and_signature():
     model = _model({"backbone": "tiny", "dropout": 0.2}, num_classes=19)
-    assert model.spec == {"arch": "deeplabv2", "backbone": "tiny", "feat_dim": 64, "aspp_rates": [1, 2, 3, 4],
-                          "dropout": 0.2, "pretrained": None, "freeze_bn": False, "width": 16, "num_classes": 19}
+    assert model.spec == {"arch": "deeplabv2", "backbone": "tiny", "head": "aspp_sum", "feat_dim": 64,
+                          "aspp_rates": [1, 2, 3, 4], "dropout": 0.2, "pretrained": None, "freeze_bn": False,
+                          "width": 16, "input_norm": "imagenet", "post_backbone_bn": False, "num_classes": 19}
     json.dumps(model.spec)  # checkpoints store it
     again = build_model(model.spec, 19)  # round trip
     assert again.spec == model.spec

@@ -11,12 +11,13 @@ import sys
 import typer
 
 from segadapt import __version__
-from segadapt.cli import export_cmds, infer_cmds, prepare_cmds, train_cmds, translator_cmds, visualize_cmds
+from segadapt.cli import (export_cmds, import_cmds, infer_cmds, prepare_cmds, train_cmds, translator_cmds,
+                          visualize_cmds)
 from segadapt.errors import SegadaptError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Domain-adaptive semantic segmentation: prepare-data | warmup | pseudo-label | self-train | "
-                       "evaluate | predict | export | visualize | train-translator")
+                       "evaluate | predict | export | visualize | train-translator | import-checkpoint")
 
 app.command("prepare-data", no_args_is_help=True)(prepare_cmds.prepare_data)
 app.command("warmup", no_args_is_help=True)(train_cmds.warmup)
@@ -27,6 +28,7 @@ app.command("evaluate", no_args_is_help=True)(infer_cmds.evaluate)
 app.command("export", no_args_is_help=True)(export_cmds.export)
 app.command("predict", no_args_is_help=True)(infer_cmds.predict)
 app.add_typer(visualize_cmds.app, name="visualize")
+app.command("import-checkpoint", no_args_is_help=True)(import_cmds.import_checkpoint)
 
 
 def _version(value: bool):

@@ -11,7 +11,8 @@ h, w = ceil(H/8), ceil(W/8) for ``deeplabv2``; ceil(H/4), ceil(W/4) for ``deepla
 ``segformer``. Architectures live in a small registry (``ARCHS``): one module each providing
 ``KEYS``, ``resolve_spec(spec)`` and ``build(spec, num_classes)``:
 
-- ``deeplabv2``: dilated ResNet + summed ASPP (DiGA, ProDA, PLCA); see ``deeplabv2.py``.
+- ``deeplabv2``: dilated ResNet + a summed-ASPP head (ours, light) or ProDA/DiGA's head (``head: proda``)
+  on their Caffe-style ResNet-101 (``backbone: resnet101_caffe``); see ``deeplabv2.py``, ``caffe_resnet.py``.
 - ``deeplabv3plus``: dilated ResNet, ASPP with image pooling, layer1 decoder; ``deeplabv3plus.py``.
 - ``segformer``: MiT-B0..B5 encoder with the SegFormer all-MLP or the DAFormer head; ``segformer.py``.
 """
@@ -72,8 +73,14 @@ def build_model(spec: dict | None, num_classes: int) -> nn.Module:
     ``deeplabv2``:
 
     - ``backbone``: ``resnet18 | resnet50 | resnet101`` (default; torchvision ResNets dilated to
-      output stride 8) or ``tiny`` (a ResNet-like net of ~0.4M params, ~0.7M with its head, that
-      trains on a CPU).
+      output stride 8), ``resnet101_caffe`` (the Caffe-style DeepLab ResNet-101 of AdaptSegNet/ProDA/DiGA,
+      BN affine frozen; ``pretrained`` = a path to AdaptSegNet's ``DeepLab_resnet_pretrained_init`` file) or
+      ``tiny`` (a ResNet-like net of ~0.4M params, ~0.7M with its head, that trains on a CPU).
+    - ``head``: ``aspp_sum`` (default: summed dilated 3x3 branches + BN + ReLU) or ``proda`` (ProDA's and
+      DiGA's head: GroupNorm branches concatenated, squeeze-excitation, 3x3 fusion, bias-free classifier).
+    - ``input_norm``: ``imagenet`` (default), ``caffe`` (default of ``resnet101_caffe``), ``diga`` or
+      ``proda``: how the ``Segmenter`` normalises RGB in [0, 1] before the network (``base.INPUT_NORMS``).
+    - ``post_backbone_bn``: a trained BatchNorm on the backbone output (ProDA's ``bn_clr``; default false).
     - ``feat_dim``: channels of the feature map ``feat`` (default 256; 64 for ``tiny``).
     - ``aspp_rates``: dilation rates of the summed ASPP branches (default [6, 12, 18, 24];
       [1, 2, 3, 4] for ``tiny``, whose maps are small).
@@ -101,6 +108,7 @@ def build_model(spec: dict | None, num_classes: int) -> nn.Module:
     - ``dropout``: before the classifier (default 0.1). ``drop_path``: stochastic depth (default 0.1).
     - ``pretrained``: null or a local NVlabs ``mit_bX.pth`` (or mmseg-converted) encoder file.
     - ``freeze_bn``: accepted only as false (MiT has no BatchNorm).
+    - ``input_norm``: as for ``deeplabv2`` (default ``imagenet``, DAFormer's).
     """
     resolved = resolve_spec(spec, num_classes)
     model = ARCHS[resolved["arch"]].build(resolved, num_classes)

@@ -149,7 +149,14 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet50": lambda **_: build_resnet("resnet50"),
     "resnet101": lambda **_: build_resnet("resnet101"),
     "tiny": lambda width=16, **_: TinyBackbone(width=width),
+    "resnet101_caffe": lambda **_: _caffe_resnet().CaffeResNet101(),
 }
+
+
+def _caffe_resnet():
+    from segadapt.models import caffe_resnet  # imported late: it reuses this module's file reader
+
+    return caffe_resnet
 
 
 def build_backbone(name: str, pretrained: str | None = None, width: int | None = None) -> nn.Module:
@@ -161,7 +168,9 @@ def build_backbone(name: str, pretrained: str | None = None, width: int | None =
             raise UsageError("backbone 'tiny' has no pretrained weights; set pretrained: null")
         return BACKBONES[name](width=16 if width is None else width)
     backbone = BACKBONES[name]()
-    if pretrained is not None:
+    if pretrained is not None and name == "resnet101_caffe":
+        _caffe_resnet().load_caffe_init(backbone, pretrained)
+    elif pretrained is not None:
         load_pretrained(backbone, name, pretrained)
     return backbone
 

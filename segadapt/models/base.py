@@ -15,6 +15,24 @@ def is_pos_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
+# How a network wants its input, from RGB in [0, 1]: x' = (x[channels] - mean) / std. The Caffe-converted
+# DeepLab init was trained on BGR 0..255 minus the mean; DiGA feeds that divided by 128 (CityLoader), ProDA
+# feeds RGB in [0, 1] as is; torchvision and mmseg (DAFormer) use the ImageNet mean/std.
+_CAFFE_MEAN_BGR = (104.00698793 / 255, 116.66876762 / 255, 122.67891434 / 255)
+INPUT_NORMS = {
+    "imagenet": {"bgr": False, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},
+    "caffe": {"bgr": True, "mean": _CAFFE_MEAN_BGR, "std": (1 / 255,) * 3},
+    "diga": {"bgr": True, "mean": _CAFFE_MEAN_BGR, "std": (128 / 255,) * 3},
+    "proda": {"bgr": False, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)},
+}
+
+
+def check_input_norm(value) -> str:
+    if value not in INPUT_NORMS:
+        raise UsageError(f"input_norm must be one of {', '.join(INPUT_NORMS)}, got {value!r}")
+    return value
+
+
 def check_conv_head_spec(out: dict) -> None:
     """Validates, in place, the keys the DeepLab heads share: feat_dim, aspp_rates (made ints),
     dropout (made float), freeze_bn and pretrained."""

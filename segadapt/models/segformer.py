@@ -30,7 +30,7 @@ from torch import nn
 
 from segadapt.errors import DataError, UsageError
 from segadapt.models.backbones import _looks_like_path, _read_state_file, _strip_prefixes, load_state_into
-from segadapt.models.base import SegmentationNet
+from segadapt.models.base import SegmentationNet, check_input_norm
 
 # Per-variant depths and widths as in the paper (Table 6) and NVlabs' code; all share heads
 # [1, 2, 5, 8], MLP ratio 4, spatial-reduction ratios [8, 4, 2, 1].
@@ -48,7 +48,7 @@ MLP_RATIO = 4
 HEADS = ("segformer", "daformer")
 DAFORMER_DILATIONS = (1, 6, 12, 18)
 
-KEYS = ("arch", "backbone", "head", "feat_dim", "dropout", "drop_path", "pretrained", "freeze_bn")
+KEYS = ("arch", "backbone", "head", "feat_dim", "dropout", "drop_path", "pretrained", "freeze_bn", "input_norm")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,6 +79,7 @@ def resolve_spec(spec: dict) -> dict:
         "drop_path": spec.get("drop_path", 0.1),
         "pretrained": spec.get("pretrained"),
         "freeze_bn": spec.get("freeze_bn", False),
+        "input_norm": check_input_norm(spec.get("input_norm", "imagenet")),  # DAFormer's (mmseg) normalisation
     }
     fd = out["feat_dim"]
     if not (isinstance(fd, int) and not isinstance(fd, bool) and fd > 0):

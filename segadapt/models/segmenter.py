@@ -8,23 +8,29 @@ import torch
 from torch import nn
 
 from segadapt.models import build_model
+from segadapt.models.base import INPUT_NORMS
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN = INPUT_NORMS["imagenet"]["mean"]
+IMAGENET_STD = INPUT_NORMS["imagenet"]["std"]
 
 
 class Segmenter(nn.Module):
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # the spec's input_norm (default imagenet): a network is only right on the inputs it was trained on
+        norm = INPUT_NORMS[getattr(net, "spec", {}).get("input_norm", "imagenet")]
+        self.bgr = norm["bgr"]
+        self.register_buffer("mean", torch.tensor(norm["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(norm["std"]).view(1, 3, 1, 1), persistent=False)
 
     @property
     def spec(self) -> dict:
         return self.net.spec
 
     def forward(self, x: torch.Tensor) -> dict:
+        if self.bgr:
+            x = x.flip(1)
         return self.net((x - self.mean) / self.std)
 
     def classify(self, feat: torch.Tensor) -> torch.Tensor:
