@@ -251,3 +251,26 @@ def test_predict_runs_onnx_and_torchscript_exports_like_the_checkpoint(tiny_ckpt
     bad = run_cli("predict", "--model", tmp_path / "junk.onnx", "--input", images, "--out", tmp_path / "y", check=False)
     assert bad.returncode == 1 and "not a segadapt ONNX export" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_export_records_and_applies_a_caffe_style_input_norm(tmp_path):
+    torch.manual_seed(0)
+    model = build_segmenter({"arch": "deeplabv2", "backbone": "tiny", "feat_dim": 16, "input_norm": "diga"},
+                            CITYSCAPES19.num_classes)
+    ckpt = tmp_path / "diga_norm.pt"
+    save_checkpoint(ckpt, {"stage": "warmup", "method": "diga", "iteration": 1, "model": model.state_dict(),
+                           "teacher": None, "model_spec": model.spec, "label_space": CITYSCAPES19.to_dict()})
+    X.export_model(ckpt, "torchscript", tmp_path / "m.ts", check_sizes=SIZES)
+    meta = X.read_torchscript_metadata(tmp_path / "m.ts")
+    # DiGA's loaders: BGR 0..255 minus the Caffe mean (104.008, 116.669, 122.675), divided by 128
+    assert meta["input"]["input_norm"] == "diga" and "BGR" in meta["input"]["normalisation"]
+    assert meta["input"]["mean"] == pytest.approx([104.00698793 / 255, 116.66876762 / 255, 122.67891434 / 255])
+    x = batches()[0]
+    net, _, _ = load_model(ckpt)
+    bgr = x.flip(1).double()
+    caffe = torch.tensor([104.00698793, 116.66876762, 122.67891434], dtype=torch.float64).view(1, 3, 1, 1)
+    with torch.no_grad(), X._quiet():
+        ref = net.net(((bgr - caffe) / 128).float())["logits"]
+        ref = F.interpolate(ref, size=x.shape[-2:], mode="bilinear", align_corners=False).numpy()
+        got = torch.jit.load(str(tmp_path / "m.ts"))(x).numpy()
+    assert_matches(ref, got, atol=1e-4)

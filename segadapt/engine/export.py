@@ -38,6 +38,7 @@ from segadapt.data.labelspace import LabelSpace
 from segadapt.engine.checkpoint import file_sha256
 from segadapt.engine.inference import load_model
 from segadapt.errors import DataError, UsageError
+from segadapt.models.base import INPUT_NORMS
 from segadapt.models.segmenter import IMAGENET_MEAN, IMAGENET_STD
 
 FORMATS = ("onnx", "torchscript", "safetensors")
@@ -109,12 +110,23 @@ def _metadata(fmt: str, ckpt_path: Path, ckpt: dict, label_space: LabelSpace) ->
         "model_spec": {**ckpt["model_spec"], "pretrained": None},
         "label_space": label_space.to_dict(), "classes": list(label_space.classes),
         "palette": [list(c) for c in label_space.palette], "num_classes": label_space.num_classes,
-        "input": GRAPH_INPUT if graph else SEGMENTER_INPUT,
+        "input": _input_contract(GRAPH_INPUT if graph else SEGMENTER_INPUT, ckpt["model_spec"]),
         "output": GRAPH_OUTPUT if graph else {**SEGMENTER_OUTPUT, "stride": OUTPUT_STRIDE[ckpt["model_spec"]["arch"]]},
         "weights": ckpt["weights_used"], "stage": ckpt.get("stage"), "method": ckpt.get("method"),
         "iteration": ckpt.get("iteration"), "source_checkpoint": str(ckpt_path.resolve()),
         "source_sha256": file_sha256(ckpt_path),
     }
+
+
+def _input_contract(base: dict, spec: dict) -> dict:
+    """The input record with the model's own normalisation (``model.input_norm``: DiGA's and ProDA's
+    Caffe-style networks are not fed ImageNet mean/std), applied inside the export to 0..1 RGB."""
+    name = spec.get("input_norm", "imagenet")
+    norm = INPUT_NORMS[name]
+    what = "BGR channel order, then " if norm["bgr"] else ""
+    return {**base, "input_norm": name, "mean": list(norm["mean"]), "std": list(norm["std"]),
+            "normalisation": base["normalisation"].replace("(x - mean) / std per channel",
+                                                           f"{what}(x - mean) / std per channel, on 0..1 values")}
 
 
 # -- sample inputs -------------------------------------------------------------------------------
