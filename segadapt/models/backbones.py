@@ -24,15 +24,9 @@ from segadapt.errors import DataError, UsageError
 RESNETS = ("resnet18", "resnet50", "resnet101")
 
 
-class ResNetBackbone(nn.Module):
-    """A torchvision ResNet without ``avgpool``/``fc``; forward returns the four stage outputs."""
-
-    def __init__(self, net: torchvision.models.ResNet):
-        super().__init__()
-        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        self.stage_channels = tuple(_out_channels(layer) for layer in self.stages())
-        self.out_channels = self.stage_channels[-1]
+class ResNetStages(nn.Module):
+    """Stem (conv1, bn1, relu, maxpool) then layer1..layer4; ``forward(x)`` returns the four stage
+    outputs. Shared by the torchvision ResNets and the Caffe-style ResNet-101 (caffe_resnet.py)."""
 
     def stages(self) -> list[nn.Module]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]
@@ -44,6 +38,17 @@ class ResNetBackbone(nn.Module):
             x = layer(x)
             outs.append(x)
         return outs
+
+
+class ResNetBackbone(ResNetStages):
+    """A torchvision ResNet without ``avgpool``/``fc``; forward returns the four stage outputs."""
+
+    def __init__(self, net: torchvision.models.ResNet):
+        super().__init__()
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.stage_channels = tuple(_out_channels(layer) for layer in self.stages())
+        self.out_channels = self.stage_channels[-1]
 
 
 def _out_channels(layer: nn.Sequential) -> int:
@@ -154,7 +159,7 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 
 
 def _caffe_resnet():
-    from segadapt.models import caffe_resnet  # imported late: it reuses this module's file reader
+    from segadapt.models import caffe_resnet  # imported late: it builds on this module (ResNetStages, the file reader)
 
     return caffe_resnet
 

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from segadapt.errors import DataError
+from segadapt.models.backbones import ResNetStages, _read_state_file
 
 INIT_FILE = "DeepLab_resnet_pretrained_init-f81d91e8.pth"
 BLOCKS = (3, 4, 23, 3)
@@ -68,7 +69,7 @@ def _stage(cin: int, planes: int, blocks: int, stride: int, dilation: int) -> nn
     return nn.Sequential(*layers)
 
 
-class CaffeResNet101(nn.Module):
+class CaffeResNet101(ResNetStages):
     """``forward(x) -> list`` of the four stage outputs (strides 4, 8, 8, 8; 256/512/1024/2048 channels)."""
 
     def __init__(self):
@@ -89,24 +90,12 @@ class CaffeResNet101(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 m.requires_grad_(False)  # frozen affine, as the official Bottleneck and stem
 
-    def stages(self) -> list[nn.Module]:
-        return [self.layer1, self.layer2, self.layer3, self.layer4]
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        outs = []
-        for layer in self.stages():
-            x = layer(x)
-            outs.append(x)
-        return outs
-
 
 def load_caffe_init(backbone: CaffeResNet101, path: str) -> None:
     """Load AdaptSegNet's DeepLab init file into ``backbone`` by its published ``Scale.*`` names.
 
     ``Scale.layer5.*`` (the file's own classifier) is skipped; any other missing or unexpected key, or a
     shape mismatch, is a one-line DataError naming the file and the first offending key."""
-    from segadapt.models.backbones import _read_state_file  # the shared reader (unwraps state_dict/model)
 
     state = _read_state_file(path)
     fix = f"pass AdaptSegNet's {INIT_FILE} (keys 'Scale.conv1.weight', 'Scale.layer1.0.conv1.weight' ...)"
