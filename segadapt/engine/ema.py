@@ -31,7 +31,6 @@ import copy
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
 from segadapt.errors import UsageError
@@ -54,7 +53,7 @@ def check_bn_mode(value, name: str) -> str:
 
 def _is_drop(m: nn.Module) -> bool:
     # segadapt's own DropPath (models/segformer.py) and torch's dropout layers
-    return isinstance(m, _DropoutNd) or isinstance(m, nn.Dropout) or type(m).__name__ == "DropPath"
+    return isinstance(m, _DropoutNd) or type(m).__name__ == "DropPath"
 
 
 def set_teacher_mode(teacher: nn.Module, bn: str, dropout: bool) -> nn.Module:
