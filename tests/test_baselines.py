@@ -71,8 +71,8 @@ def test_classmix_pastes_half_of_the_source_classes_with_their_labels():
     x_mix, y_mix, mask = class_mix(xs, ys, xt, yt, torch.Generator().manual_seed(0))
     m = mask[0, 0].bool()
     pasted = {int(c) for c in ys[0][m].unique()}
-    assert len(pasted) == 2 and pasted <= {0, 1, 2, 3}  # half of the 4 present classes; ignore never chosen
-    assert not bool(m[1, 3])
+    # DACS's draw: ceil(5/2) = 3 of the 5 values (ignore counted): 3 classes, or 2 and the ignore region
+    assert (len(pasted - {IGNORE}), IGNORE in pasted) in ((3, False), (2, True))
     assert torch.equal(y_mix[0][m], ys[0][m]) and torch.equal(y_mix[0][~m], yt[0][~m])  # labels mixed like images
     assert bool((x_mix[0][:, m] == 1).all()) and bool((x_mix[0][:, ~m] == 0).all())
 

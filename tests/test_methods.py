@@ -45,16 +45,13 @@ def test_seg_ce_ignores_unlabelled_pixels_in_the_mean():
 
 
 def test_class_mix_mask_takes_half_of_the_present_classes():
-    label = torch.tensor([[[0, 1, 2, 3], [0, 1, 2, IGNORE]]])
+    label = torch.tensor([[[0, 1, 2, 3], [0, 1, 2, 4]]])  # 5 classes, no ignore
     g = torch.Generator().manual_seed(0)
     m = class_mix_mask(label, g)[0, 0]
     chosen = {int(c) for c in label[0][m.bool()].unique()}
-    assert len(chosen) == 2 and chosen <= {0, 1, 2, 3}
-    assert m[1, 3] == 0  # ignore not included by default
+    assert len(chosen) == 2  # DiGA: floor(5 / 2)
     for c in chosen:  # every pixel of a chosen class is in the mask
         assert bool(m[label[0] == c].all())
-    m_ign = class_mix_mask(label, torch.Generator().manual_seed(0), include_ignore=True)[0, 0]
-    assert m_ign[1, 3] == 1
 
 
 def test_cdmix_takes_augmented_source_on_mask_and_translated_elsewhere():
@@ -67,8 +64,8 @@ def test_cdmix_takes_augmented_source_on_mask_and_translated_elsewhere():
     assert bool(m[1, 0])  # the ignore region stays augmented source
     assert torch.equal(out[0, :, m], torch.full_like(out[0, :, m], 0.25))
     assert torch.equal(out[0, :, ~m], torch.full_like(out[0, :, ~m], 0.75))
-    # exactly one of the two classes (half of 2) is in the mask
-    assert int(m[0, 0]) + int(m[0, 2]) == 1
+    # floor(3 / 2) = 1 of the values {0, 1, ignore} drawn: one class, or none when ignore was drawn
+    assert int(m[0, 0]) + int(m[0, 2]) <= 1
 
 
 def test_fda_swaps_the_low_frequencies_only():

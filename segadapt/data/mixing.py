@@ -12,10 +12,25 @@ import torch.nn.functional as F
 from segadapt.data.labelspace import IGNORE
 
 
-def fda(source: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:
+FDA_WINDOWS = ("centre", "corner")
+
+
+def fda(source: torch.Tensor, target: torch.Tensor, beta: float, window: str = "centre") -> torch.Tensor:
     """Fourier domain adaptation (Yang & Soatto, 2020): give ``source`` the low-frequency amplitude
-    spectrum of ``target`` while keeping its phase. ``beta`` is the half-size of the swapped square
-    relative to min(H, W); beta = 0 returns the source unchanged."""
+    spectrum of ``target`` while keeping its phase; b = floor(min(H, W) * beta), beta = 0 (or b = 0)
+    returns the source unchanged.
+
+    ``window`` says which frequencies are swapped (u, v: signed frequencies of the un-shifted FFT):
+    - ``centre``: |u| <= b and |v| <= b, the (2b+1)^2 square centred on the zero frequency of the
+      shifted spectrum (FDA's numpy version, ``low_freq_mutate_np``, used by its demo). The result is
+      clamped to [0, 1]: the demo writes it as an image, which clips it.
+    - ``corner``: the four b x b corner blocks of the un-shifted spectrum, u, v in {0..b-1} U {-b..-1}
+      (FDA's training code, ``low_freq_mutate`` in ``utils/__init__.py``, and DiGA's ``fourier_exchange``;
+      not symmetric: +b is left out, -b is in). Not clamped, as there: the network sees the values as
+      they come out of the inverse FFT (a little outside [0, 1] near strong edges).
+    """
+    if window not in FDA_WINDOWS:
+        raise ValueError(f"fda window must be one of {FDA_WINDOWS}, got {window!r}")
     if beta <= 0:
         return source
     h, w = source.shape[-2:]
@@ -26,33 +41,47 @@ def fda(source: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor
     ft = torch.fft.fft2(target.float())
     amp_s, pha_s, amp_t = fs.abs(), fs.angle(), ft.abs()
     # low frequencies sit in the four corners of the unshifted spectrum
+    if window == "centre":
+        rows = torch.cat([torch.arange(0, b + 1), torch.arange(h - b, h)]).unique()
+        cols = torch.cat([torch.arange(0, b + 1), torch.arange(w - b, w)]).unique()
+    else:
+        rows = torch.cat([torch.arange(0, min(b, h)), torch.arange(max(h - b, 0), h)]).unique()
+        cols = torch.cat([torch.arange(0, min(b, w)), torch.arange(max(w - b, 0), w)]).unique()
     sel = torch.zeros(h, w, dtype=torch.bool, device=source.device)
-    rows = torch.cat([torch.arange(0, b + 1), torch.arange(h - b, h)]).unique().to(source.device)
-    cols = torch.cat([torch.arange(0, b + 1), torch.arange(w - b, w)]).unique().to(source.device)
-    sel[rows[:, None], cols[None, :]] = True
+    sel[rows.to(source.device)[:, None], cols.to(source.device)[None, :]] = True
     amp = torch.where(sel, amp_t, amp_s)
     out = torch.fft.ifft2(torch.polar(amp, pha_s)).real
-    return out.clamp_(0.0, 1.0).to(source.dtype)
+    if window == "centre":
+        out = out.clamp_(0.0, 1.0)
+    return out.to(source.dtype)
 
 
-def class_mix_mask(label: torch.Tensor, generator: torch.Generator | None = None,
-                   include_ignore: bool = False) -> torch.Tensor:
-    """ClassMix mask per image: 1 where the label is one of a random half of the classes present.
+CLASS_MIX_RULES = ("diga", "dacs")
 
-    label (B, H, W) int64 -> mask (B, 1, H, W) float. With ``include_ignore`` the ignore region is
-    added to the mask (DiGA's CDMix keeps the augmented source there)."""
+
+def class_mix_mask(label: torch.Tensor, generator: torch.Generator | None = None, rule: str = "diga") -> torch.Tensor:
+    """ClassMix mask per image: 1 where the source label is one of a random half of its classes.
+
+    label (B, H, W) int64 -> mask (B, 1, H, W) float. Both rules count the label values present in
+    the image WITH the ignore value (when present), n of them, and draw a uniformly random subset
+    without replacement (a prefix of ``torch.randperm``, the same law as the official ``random.sample``
+    / ``np.random.choice(replace=False)``):
+    - ``diga`` (DiGA's CDMix and self-training ClassMix): floor(n / 2) values, and the ignore region
+      is then always added, so it is pasted (its label stays ignore);
+    - ``dacs`` (DACS's ``trainUDA.py``): ceil(n / 2) values; the ignore region is pasted (as ignore)
+      only when drawn. (DAFormer's ``get_class_masks`` takes the values of the whole batch; DACS's and
+      ours those of each image.)"""
+    if rule not in CLASS_MIX_RULES:
+        raise ValueError(f"class-mix rule must be one of {CLASS_MIX_RULES}, got {rule!r}")
     masks = []
     for lab in label:
-        classes = lab.unique()
-        classes = classes[classes != IGNORE]
-        n = classes.numel()
-        if n > 0:
-            chosen = classes[torch.randperm(n, generator=generator)[: (n + 1) // 2].to(classes.device)]
-            m = torch.isin(lab, chosen)
-        else:
-            m = torch.zeros_like(lab, dtype=torch.bool)
-        if include_ignore:
-            m = m | (lab == IGNORE)
+        values = lab.unique()
+        n = values.numel()
+        k = n // 2 if rule == "diga" else (n + 1) // 2
+        chosen = values[torch.randperm(n, generator=generator)[:k].to(values.device)]
+        m = torch.isin(lab, chosen)
+        if rule == "diga":
+            m = m | (lab == IGNORE)  # "maintaining source don't care region"
         masks.append(m)
     return torch.stack(masks).unsqueeze(1).float()
 

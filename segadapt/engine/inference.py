@@ -113,9 +113,10 @@ def infer(model: Segmenter, image: torch.Tensor, protocol: Protocol, num_classes
 def load_model(ckpt_path, weights: str = "student", device=torch.device("cpu")):
     """Build the model recorded in a checkpoint and load its student or EMA-teacher weights.
 
-    ``weights``: 'student' (the default, as DAFormer-style evaluations do) or 'teacher' (the EMA model).
-    On short schedules trained from scratch the EMA teacher averages weights whose BatchNorm statistics
-    no longer fit the average, so it can score below the student; the choice is recorded in every result.
+    ``weights``: 'student' (the default, as DiGA's and DAFormer's code evaluate) or 'teacher' (the EMA
+    model), both in eval mode. A teacher trained with ``ema_bn: batch`` brings the running statistics its
+    own train-mode forwards accumulated (as DiGA's saved teacher); one trained with ``averaged`` brings the
+    averaged student statistics (see ``segadapt.engine.ema``). The choice is recorded in every result.
     ``ckpt_path`` may also be a folder written by `segadapt export --format safetensors`
     (``model.safetensors`` + ``config.json``); it holds one set of weights, the ones exported.
     Returns (model in eval mode, label space, checkpoint dict without the heavy optimiser state)."""

@@ -7,7 +7,13 @@ Online self-training with a mean teacher T of the student S, every iteration:
     x_mix  = aug(M * x_s + (1 - M) * x_t),  y_mix = M * y_s + (1 - M) * y_t   aug: colour jitter, blur
     w(p)   = M(p) * 1 + (1 - M(p)) * q                                   pasted source pixels count fully
     L      = CE(S(x_s), y_s) + lambda * sum_p w(p) CE(S(x_mix), y_mix)(p) / |labelled pixels|
-    T     <- alpha_t T + (1 - alpha_t) S,   alpha_t = min(1 - 1/(t+1), 0.99)
+    T     <- alpha_t T + (1 - alpha_t) S,   alpha_t = min(1 - 1/(t+1), 0.99)   after step t, as DACS's code
+
+ClassMix as DACS's ``trainUDA.py`` draws it: ceil(n/2) of the n label values of each source image, the
+ignore value counted and pasted (as ignore) only when drawn (``class_mix_mask(rule="dacs")``). The
+teacher: ``dacs.ema_bn`` (``batch``, DACS's code: the EMA model in train mode, BatchNorm with batch
+statistics, parameters averaged only; dropout off, as in DAFormer's DACS and in DACS's network, which
+has none; ``averaged``: BN statistics averaged too, eval mode). See ``segadapt.engine.ema``.
 
 As in the paper it is a one-stage method (registered as a warm-up, from ImageNet weights, with
 unlabelled target images). It is also registered as a self-training method that starts from a
@@ -22,13 +28,13 @@ import torch.nn.functional as F
 
 from segadapt.data.labelspace import IGNORE
 from segadapt.data.mixing import class_mix_mask, mix, photometric
-from segadapt.engine.ema import ema_alpha, ema_update, make_teacher
+from segadapt.engine.ema import DEFAULT_BN, check_bn_mode, ema_step, make_teacher, teacher_forward
 from segadapt.errors import UsageError
 from segadapt.methods.base import Method, seg_ce
 
 DEFAULTS = {
     "tau": 0.968, "ema_alpha": 0.99, "mix_weight": 1.0, "class_mix": True, "confidence_weight": True,
-    "augment": True, "jitter": [0.25, 0.25, 0.25, 0.04], "p_jitter": 0.8, "p_blur": 0.5,
+    "augment": True, "jitter": [0.25, 0.25, 0.25, 0.04], "p_jitter": 0.8, "p_blur": 0.5, "ema_bn": DEFAULT_BN,
 }
 
 
@@ -50,7 +56,7 @@ def confidence_weight(conf: torch.Tensor, tau: float) -> torch.Tensor:
 def class_mix(xs, ys, xt, yt, generator=None):
     """ClassMix: the pixels of half of the classes of each source label pasted onto the target image, the
     labels mixed the same way. Returns (x_mix, y_mix, mask (B, 1, H, W))."""
-    mask = class_mix_mask(ys, generator).to(xs.dtype)
+    mask = class_mix_mask(ys, generator, rule="dacs").to(xs.dtype)
     return mix(mask, xs, xt), mix(mask, ys, yt), mask
 
 
@@ -96,6 +102,7 @@ def _check_cfg(cfg: dict, name: str) -> dict:
     for key, p in (("p_jitter", p_jit), ("p_blur", p_blur)):
         if not 0.0 <= p <= 1.0:
             raise UsageError(f"{name}.{key} must be in [0, 1], got {p}")
+    check_bn_mode(c["ema_bn"], name)
     for key in ("class_mix", "confidence_weight", "augment"):
         if not isinstance(c[key], bool):
             raise UsageError(f"{name}.{key} must be true or false, got {c[key]!r}")
@@ -113,14 +120,15 @@ class DacsWarmup(Method):
     def __init__(self, cfg, student, num_classes, prototypes=None):
         super().__init__(cfg, student, num_classes, prototypes)
         self.c = _check_cfg(cfg, self.name)
-        self.teacher = make_teacher(student)
+        self.teacher = make_teacher(student, self.c["ema_bn"], dropout=False)
         self.generator = None  # the engine reseeds torch's global RNG every iteration
 
     def modules(self):
         return {"student": self.student, "teacher": self.teacher}
 
     def after_step(self, iteration):
-        ema_update(self.teacher, self.student, ema_alpha(iteration, self.c["ema_alpha"]))
+        # DACS's trainUDA.py: update right after step i_iter with alpha(i_iter) (offset 0)
+        ema_step([(self.teacher, self.student)], iteration, self.c["ema_alpha"], self.c["ema_bn"], offset=0)
 
     def _augment(self, x):
         """DACS's strong augmentation of the mixed image: colour jitter (DACS: p 0.8, strength 0.25) and
@@ -133,8 +141,8 @@ class DacsWarmup(Method):
     def training_step(self, batch, iteration):
         xs, ys = batch["source"]["image"], batch["source"]["label"]
         xt = batch["target"]["image"]  # self-training: batch["target"]["label"] (offline) is deliberately unused
-        with torch.no_grad():
-            yt, conf = teacher_pseudo_labels(self.teacher(xt)["logits"], ys.shape[-2:])
+        t = teacher_forward(self.teacher, [xt], [self.teacher], self.c["ema_bn"], dropout=False)
+        yt, conf = teacher_pseudo_labels(t["logits"], ys.shape[-2:])
         q = confidence_weight(conf, self.c["tau"]) if self.c["confidence_weight"] else torch.ones((), device=xt.device)
         if self.c["class_mix"]:
             x_mix, y_mix, mask = class_mix(xs, ys, xt, yt, self.generator)

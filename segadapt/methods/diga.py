@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from segadapt.data.labelspace import IGNORE
-from segadapt.data.mixing import class_mix_mask, fda, mix, photometric
-from segadapt.engine.ema import ema_alpha, ema_update, make_teacher
+from segadapt.data.mixing import FDA_WINDOWS, class_mix_mask, fda, mix, photometric
+from segadapt.engine.ema import DEFAULT_BN, check_bn_mode, ema_step, make_teacher, teacher_forward
 from segadapt.errors import DataError, SegadaptError, UsageError
 from segadapt.methods.base import Method, seg_ce, soft_ce
 
@@ -40,13 +40,22 @@ def translate(x: torch.Tensor, target_images: torch.Tensor, cfg: dict, generator
     kind = cfg.get("translator", "fda")
     if kind == "fda":
         pick = torch.randint(0, target_images.shape[0], (x.shape[0],), generator=generator)
-        return fda(x, target_images[pick.to(target_images.device)], float(cfg.get("fda_beta", 0.01)))
+        return fda(x, target_images[pick.to(target_images.device)], float(cfg.get("fda_beta", 0.01)),
+                   fda_window(cfg))
     if kind == "none":
         return x
     if net is None:
         raise UsageError(f"translator '{kind}': load the generator with load_translator first")
     with torch.no_grad():
         return net(x).to(x.dtype)
+
+
+def fda_window(cfg: dict, name: str = "diga") -> str:
+    """The section's ``fda_window`` (centre, the default, or corner: see :func:`segadapt.data.mixing.fda`)."""
+    window = cfg.get("fda_window", "centre")
+    if window not in FDA_WINDOWS:
+        raise UsageError(f"{name}.fda_window must be one of {', '.join(FDA_WINDOWS)}, got {window!r}")
+    return window
 
 
 def load_translator(path) -> torch.nn.Module:
@@ -71,8 +80,9 @@ def load_translator(path) -> torch.nn.Module:
 
 def cdmix(x, x_aug, label, x_translated, generator=None):
     """Cross-domain mixture: augmented source on half of the classes (and the ignore region), the
-    target-styled source elsewhere. The label stays the source label."""
-    mask = class_mix_mask(label, generator, include_ignore=True).to(x.dtype)
+    target-styled source elsewhere (DiGA's class draw, see ``class_mix_mask``). The label stays the
+    source label."""
+    mask = class_mix_mask(label, generator, rule="diga").to(x.dtype)
     return mix(mask, x_aug, x_translated), mask
 
 
@@ -134,9 +144,14 @@ def update_prototypes(prototypes: torch.Tensor, feat: torch.Tensor, label: torch
 # -- the two stages ------------------------------------------------------------------------------
 
 class _WithTeacher(Method):
+    #: DiGA never puts its teacher in eval mode: with ``ema_bn: batch`` its dropout stays active
+    teacher_dropout = True
+
     def __init__(self, cfg, student, num_classes, prototypes=None):
         super().__init__(cfg, student, num_classes, prototypes)
-        self.teacher = make_teacher(student)
+        self.ema_bn = check_bn_mode(self.cfg.get("ema_bn", DEFAULT_BN), self.name)
+        fda_window(self.cfg)  # a bad value fails before training starts
+        self.teacher = make_teacher(student, self.ema_bn, self.teacher_dropout)
         self.generator = None  # the engine reseeds torch's global RNG every iteration
         # a trained translator (a checkpoint path): loaded once, frozen, never checkpointed with the student
         kind = str(self.cfg.get("translator", "fda"))
@@ -146,7 +161,11 @@ class _WithTeacher(Method):
         return {"student": self.student, "teacher": self.teacher}
 
     def after_step(self, iteration):
-        ema_update(self.teacher, self.student, ema_alpha(iteration, float(self.cfg.get("ema_alpha", 0.999))))
+        ema_step([(self.teacher, self.student)], iteration, float(self.cfg.get("ema_alpha", 0.999)), self.ema_bn)
+
+    def run_teacher(self, *groups):
+        """Teacher outputs for the image batches ``groups``, concatenated (see ``teacher_forward``)."""
+        return teacher_forward(self.teacher, groups, [self.teacher], self.ema_bn, self.teacher_dropout)
 
     def _views(self, x, y, target_images):
         """x_aug and x_cd of a source batch (x_cd = x_aug when CDMix is switched off)."""
@@ -186,8 +205,7 @@ class DigaWarmup(_WithTeacher):
             logs["loss_ce_mixed"] = loss_cd.item()
         lam = float(self.cfg.get("skd_weight", 0.5))
         if lam > 0:
-            with torch.no_grad():
-                t = self.teacher(torch.cat([x, x_cd]))["logits"]
+            t = self.run_teacher(torch.cat([x, x_cd]))["logits"]  # one batch, as DiGA's teacher(sdatav_cat)
             loss_skd = skd_loss(t[:n], s_x, t[n:], s_cd, float(self.cfg.get("skd_reverse_weight", 0.5)))
             loss = loss + lam * loss_skd
             logs["loss_skd"] = loss_skd.item()
@@ -220,9 +238,10 @@ class DigaSelfTrain(_WithTeacher):
         xt, yt = batch["target"]["image"], batch["target"]["label"]
         n = xs.shape[0]
         _x_aug, x_cd = self._views(xs, ys, xt)
-        with torch.no_grad():
-            t = self.teacher(torch.cat([xs, x_cd, xt]))
-            t_logits, t_feat = t["logits"], t["feat"]
+        # DiGA runs its teacher on [source, CDMix] and on the target as two batches (own BN statistics
+        # with ema_bn: batch); the outputs come back concatenated as [xs, x_cd, xt]
+        t = self.run_teacher(torch.cat([xs, x_cd]), xt)
+        t_logits, t_feat = t["logits"], t["feat"]
         t_s, t_cd, t_t = t_logits[:n], t_logits[n:2 * n], t_logits[2 * n:]
         feat_s, feat_t = t_feat[:n], t_feat[2 * n:]
 
@@ -237,8 +256,9 @@ class DigaSelfTrain(_WithTeacher):
         else:
             raise UsageError(f"unknown pseudo-label selection '{selection}' (dps, threshold, none)")
 
-        # ClassMix: half of the source classes pasted onto a photometrically augmented target crop
-        mask = class_mix_mask(ys, self.generator).to(xs.dtype)
+        # ClassMix as DiGA's code: half of the source label values pasted onto a photometrically augmented
+        # target crop, the source ignore region always pasted (its label stays ignore)
+        mask = class_mix_mask(ys, self.generator, rule="diga").to(xs.dtype)
         xt_aug = photometric(xt, self.generator, blend=float(self.cfg.get("photometric_blend", 0.4)))
         x_mix = mix(mask, xs, xt_aug)
         y_mix = mix(mask, ys, yt_sel)

@@ -52,8 +52,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from segadapt.data.labelspace import IGNORE
-from segadapt.data.mixing import class_mix_mask, mix, photometric
-from segadapt.engine.ema import ema_alpha, ema_update, make_teacher
+from segadapt.data.mixing import FDA_WINDOWS, class_mix_mask, mix, photometric
+from segadapt.engine.ema import BN_MODES, DEFAULT_BN, ema_step, make_teacher, teacher_forward
 from segadapt.errors import UsageError
 from segadapt.methods.base import Method, seg_ce
 from segadapt.methods.diga import class_feature_means, downsample_label, translate
@@ -65,9 +65,10 @@ DEFAULTS = {
     "ema_alpha": 0.999, "proj_dim": 128, "tau": 0.1, "num_queries": 256, "num_negatives": 256,
     "unreliable_threshold": 0.9, "prototype": "ema", "proto_momentum": 0.01, "query_sampling": "balanced",
     "equalise_negatives": True, "reweighting": True, "reweight_gamma": 0.5, "reweight_segmentation": False,
-    "stats_momentum": 0.01,
+    "stats_momentum": 0.01, "ema_bn": DEFAULT_BN, "fda_window": "centre",
 }
 CHOICES = {"pseudo_label": ("offline", "agree", "teacher"), "translator": ("fda", "none"),
+           "ema_bn": BN_MODES, "fda_window": FDA_WINDOWS,
            "prototype": ("ema", "batch"), "query_sampling": ("balanced", "equal", "uniform")}
 
 
@@ -273,6 +274,7 @@ def resolve_config(cfg: dict) -> dict:
 class T2S(Method):
     name = "t2s"
     stage = "self-train"
+    teacher_dropout = False
     target_batches = "pseudo"
 
     def __init__(self, cfg, student, num_classes, prototypes=None):
@@ -286,9 +288,11 @@ class T2S(Method):
                 was = student.training
                 feat_dim = student.eval()(torch.zeros(1, 3, 16, 16))["feat"].shape[1]
                 student.train(was)
-        self.teacher = make_teacher(student)
+        # t2s.ema_bn: batch = BN on batch statistics, parameters averaged, dropout off (DAFormer's EMA teacher;
+        # our choice, T2S has no public code); averaged = eval mode with averaged BN statistics
+        self.teacher = make_teacher(student, self.opt["ema_bn"], self.teacher_dropout)
         self.projector = ProjectionHead(feat_dim, self.opt["proj_dim"])
-        self.teacher_projector = make_teacher(self.projector)
+        self.teacher_projector = make_teacher(self.projector, self.opt["ema_bn"], self.teacher_dropout)
         c = num_classes
         # online estimates (checkpointed through extra_state so a resumed run continues exactly)
         no = torch.zeros(c, dtype=torch.bool)
@@ -318,9 +322,8 @@ class T2S(Method):
                 self.state[k] = state[k].clone()
 
     def after_step(self, iteration):
-        alpha = ema_alpha(iteration, self.opt["ema_alpha"])
-        ema_update(self.teacher, self.student, alpha)
-        ema_update(self.teacher_projector, self.projector, alpha)
+        ema_step([(self.teacher, self.student), (self.teacher_projector, self.projector)], iteration,
+                 self.opt["ema_alpha"], self.opt["ema_bn"])
 
     # -- pieces of one iteration -------------------------------------------------------------------
     def _update_stats(self, prob_t: torch.Tensor) -> None:
@@ -400,15 +403,20 @@ class T2S(Method):
         xt, yt = batch["target"]["image"], batch["target"]["label"]
         n = xs.shape[0]
         use_con = o["contrastive_weight"] > 0
+        def run_teacher(x):
+            out = self.teacher(x)
+            return {**out, "keys": self.teacher_projector(out["feat"])} if use_con else out
+
+        # source and target as two teacher batches (their own BN statistics with ema_bn: batch)
+        t = teacher_forward(run_teacher, [xs, xt], [self.teacher, self.teacher_projector], self.opt["ema_bn"],
+                            self.teacher_dropout)
         with torch.no_grad():
-            t = self.teacher(torch.cat([xs, xt]))
             t_logits_t = t["logits"][n:]
             prob_t = t_logits_t.float().softmax(1)
             conf_t, pred_t = prob_t.max(1)
             self._update_stats(prob_t)
             if use_con:
-                keys = self.teacher_projector(t["feat"])
-                keys_s, keys_t = keys[:n], keys[n:]
+                keys_s, keys_t = t["keys"][:n], t["keys"][n:]
         weights = self._weights()
         seg_w = weights if o["reweight_segmentation"] else None
 
@@ -419,7 +427,7 @@ class T2S(Method):
         if o["pseudo_target_ce_weight"] > 0 or use_con:
             views.append(translate(xs, xt, o)), names.append("pt")
         if o["mix_ce_weight"] > 0:
-            mask = class_mix_mask(ys).to(xs.dtype)
+            mask = class_mix_mask(ys, rule="diga").to(xs.dtype)  # DiGA's ClassMix (ignore region pasted)
             xt_aug = photometric(xt, blend=o["photometric_blend"])
             views.append(mix(mask, xs, xt_aug)), names.append("mix")
             y_mix = mix(mask, ys, self._target_labels(yt, t_logits_t))

@@ -8,7 +8,8 @@ Offline pseudo-label y_t(p) and its stored confidence conf(p) (``segadapt pseudo
                     pseudo-label set, k_c = floor(portion * N_c)        (CBST, portion 0.5 by default)
     L = CE(S(x_s), y_s) + lambda * CE(S(x_t), y_t')
 With ``class_mix`` the target term uses ClassMix instead: half of the source classes pasted onto the
-target crop, labels mixed the same way (x_t, y_t' -> x_mix, y_mix).
+target crop, labels mixed the same way (x_t, y_t' -> x_mix, y_mix); the classes are drawn as DACS's
+code draws them (``class_mix_mask(rule="dacs")``).
 
 Class-balanced thresholds come from the folder's per-class confidence histogram (CONF_BINS bins):
 t_c is the lower edge of the bin holding the k_c-th most confident pixel, snapped up to the stored
@@ -139,7 +140,7 @@ class ThresholdSelfTrain(Method):
         xt, yt = tgt["image"], threshold_pseudo_labels(tgt["label"], tgt["confidence"], self.thresholds)
         kept = ((yt != IGNORE).sum() / (tgt["label"] != IGNORE).sum().clamp(min=1)).item()
         if self.c["class_mix"]:
-            mask = class_mix_mask(ys, self.generator).to(xs.dtype)
+            mask = class_mix_mask(ys, self.generator, rule="dacs").to(xs.dtype)
             xt, yt = mix(mask, xs, xt), mix(mask, ys, yt)
 
         n = xs.shape[0]
