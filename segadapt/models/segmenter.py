@@ -4,6 +4,8 @@ normalisation."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 from torch import nn
 
@@ -13,19 +15,27 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+@lru_cache(maxsize=None)
+def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # constants, deliberately not module buffers: whatever walks a module's buffers (the EMA teacher
+    # update averages them) would change them by rounding, and being outside the state dict they came
+    # back as the exact constants after --resume, so a resumed run drifted from the uninterrupted one
+    return (torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
+            torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
+
+
 class Segmenter(nn.Module):
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     @property
     def spec(self) -> dict:
         return self.net.spec
 
     def forward(self, x: torch.Tensor) -> dict:
-        return self.net((x - self.mean) / self.std)
+        mean, std = _normalisation(x.device)
+        return self.net((x - mean) / std)
 
     def classify(self, feat: torch.Tensor) -> torch.Tensor:
         return self.net.classify(feat)
