@@ -4,8 +4,6 @@ normalisation."""
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 from torch import nn
 
@@ -15,27 +13,28 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@lru_cache(maxsize=None)
-def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    # constants, deliberately not module buffers: whatever walks a module's buffers (the EMA teacher
-    # update averages them) would change them by rounding, and being outside the state dict they came
-    # back as the exact constants after --resume, so a resumed run drifted from the uninterrupted one
-    return (torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
-            torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
-
-
 class Segmenter(nn.Module):
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
+        # constants as plain tensors, deliberately not buffers: the EMA teacher update averages every
+        # buffer, which moved them by rounding (0.229 by 1.5e-8 after 3 updates), and as non-persistent
+        # buffers they came back as the exact constants after --resume: the resumed run drifted (issue 15)
+        self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    def _apply(self, fn, recurse=True):
+        # .to(device) / .cuda() / .half() / channels_last move the constants as they would move buffers
+        super()._apply(fn, recurse)
+        self.mean, self.std = fn(self.mean), fn(self.std)
+        return self
 
     @property
     def spec(self) -> dict:
         return self.net.spec
 
     def forward(self, x: torch.Tensor) -> dict:
-        mean, std = _normalisation(x.device)
-        return self.net((x - mean) / std)
+        return self.net((x - self.mean) / self.std)
 
     def classify(self, feat: torch.Tensor) -> torch.Tensor:
         return self.net.classify(feat)
