@@ -82,6 +82,16 @@ def run_killed(where: str, n: int, args) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds spin-waiting on a busy machine (see test_plca.py).
+    The killed children get the same count (run_killed), so their arithmetic is this process's."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def reference(tiny_bench, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "run"
@@ -208,29 +218,20 @@ _TRANSLATOR_SMALL = ["data.crop=[32,32]", "generator.ngf=4", "generator.n_res=1"
 # reference always runs with workers 0, so a case with 2 also checks that batches ignore the worker count
 RESUME_CASES = [
     ("warmup", "source-only", "synthetic/source_only", [], 0),
-    ("warmup", "diga", "synthetic/diga_warmup", [], 2),
+    pytest.param("warmup", "diga", "synthetic/diga_warmup", [], 2, marks=pytest.mark.slow),
     ("warmup", "plca", "synthetic/plca", [], 0),
     ("warmup", "dacs", "synthetic/dacs", [], 0),
     ("warmup", "oracle", "synthetic/oracle", [], 0),
     ("self-train", "diga", "synthetic/diga_self_train", ["diga.selection=dps"], 0),  # prototypes move every step
-    ("self-train", "t2s", "synthetic/t2s", _T2S_SMALL, 2),
+    pytest.param("self-train", "t2s", "synthetic/t2s", _T2S_SMALL, 2, marks=pytest.mark.slow),
     ("self-train", "threshold", "synthetic/threshold", ["threshold.class_mix=true"], 0),
     ("self-train", "dacs", "synthetic/dacs", [], 0),
     ("translator", "cyclegan", "synthetic/translator", [], 0),
 ]
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds spin-waiting on a busy machine (see test_plca.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("arch", ["deeplabv2", "deeplabv3plus", "segformer"])
-def test_a_teacher_rebuilt_from_its_state_dict_is_the_teacher(arch, one_thread):
+def test_a_teacher_rebuilt_from_its_state_dict_is_the_teacher(arch):
     """Resume rebuilds every module from its state dict, so nothing a module computes with may live
     outside it. Issue 15: the normalisation constants were non-persistent buffers, the EMA update averaged
     them (0.229 drifted by 1.5e-8 after 3 updates) and a resumed run got the exact constants back."""
@@ -345,10 +346,11 @@ def _records(run):
 
 
 @pytest.mark.parametrize("stage,method,config,extra,workers", RESUME_CASES,
-                         ids=[f"{c[0]}-{c[1]}{'-workers2' if c[4] else ''}" for c in RESUME_CASES])
-def test_sigkill_then_resume_gives_bit_identical_weights(tiny_bench, warm_and_pseudo, one_thread, tmp_path, stage,
-                                                         method, config, extra, workers):
-    warm = warm_and_pseudo if stage == "self-train" else None
+                         ids=[f"{v[0]}-{v[1]}{'-workers2' if v[4] else ''}"
+                              for v in (getattr(c, "values", c) for c in RESUME_CASES)])
+def test_sigkill_then_resume_gives_bit_identical_weights(tiny_bench, request, tmp_path, stage, method, config, extra,
+                                                         workers):
+    warm = request.getfixturevalue("warm_and_pseudo") if stage == "self-train" else None
     run, _, _ = _stage_call(stage, method, config, extra, tiny_bench, tmp_path / "ref", warm)
     run(tmp_path / "ref")  # the uninterrupted run, with data.workers 0
     ref = load_checkpoint(tmp_path / "ref" / "last.pt")
@@ -369,3 +371,28 @@ def test_sigkill_then_resume_gives_bit_identical_weights(tiny_bench, warm_and_ps
     assert not differ, f"killed at {where} {n} (resumed from {killed_at}); differ: {differ[:5]}"
     assert _records(tmp_path / "cut") == _records(tmp_path / "ref")
     assert not list((tmp_path / "cut").glob(".*.tmp"))
+
+
+def test_resume_takes_the_thread_count_the_run_started_with(tmp_path):
+    """1 and 2 CPU threads round differently (issue 15), so the RNG state a checkpoint carries holds the
+    count and a resumed run takes it; stale temporaries of cut checkpoint copies are removed on resume."""
+    from segadapt.engine.checkpoint import rng_state, set_rng_state
+    from segadapt.engine.trainer import prepare_run_dir
+
+    before = torch.get_num_threads()
+    try:
+        state = rng_state()
+        assert state["threads"] == before and state["torch_version"] == str(torch.__version__)
+        set_rng_state({**state, "threads": before + 1})
+        assert torch.get_num_threads() == before + 1
+        x = torch.rand(3)
+        set_rng_state(state)  # the generator too: the same draws again
+        assert torch.get_num_threads() == before and torch.equal(torch.rand(3), x)
+    finally:
+        torch.set_num_threads(before)
+    (tmp_path / "last.pt").write_bytes(b"x")
+    cut = [tmp_path / ".last.pt.ab12.tmp", tmp_path / ".iter_0000003.pt.cd34.tmp"]
+    for f in cut:
+        f.write_bytes(b"half")
+    assert prepare_run_dir(tmp_path, resume=True, force=False)
+    assert not any(f.exists() for f in cut) and (tmp_path / "last.pt").exists()
