@@ -1,6 +1,8 @@
 """Surviving crashes: kill -9 at any moment (also inside a checkpoint write) then --resume gives the
-uninterrupted run's losses exactly; a lock stops two runs writing into one folder; torchrun with 2
-CPU processes evaluates exactly like 1 process and trains the same global batch along the same loss."""
+uninterrupted run's losses exactly, and for every training method and stage a final checkpoint whose
+every tensor equals the uninterrupted run's (torch.equal); a lock stops two runs writing into one
+folder; torchrun with 2 CPU processes evaluates exactly like 1 process and trains the same global batch
+along the same loss."""
 
 from __future__ import annotations
 
