@@ -343,7 +343,13 @@ def _tensors(ckpt: dict) -> dict:
 
 
 def _records(run):
-    return [{k: v for k, v in json.loads(line).items() if k != "time"}
+    """The run log without its wall-clock fields (the export/logs branch adds throughput fields and their
+    list, engine/runlog.py; after the merge the fallback can go)."""
+    try:
+        from segadapt.engine.runlog import WALL_CLOCK_KEYS
+    except ImportError:
+        WALL_CLOCK_KEYS = ("time",)
+    return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK_KEYS}
             for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
