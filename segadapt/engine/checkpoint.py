@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -62,18 +63,49 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
+    """Copy a written checkpoint (``iter_N.pt`` next to ``last.pt``) atomically, as ``save_checkpoint`` writes."""
+    dst = Path(dst)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f, open(src, "rb") as s:
+            shutil.copyfileobj(s, f, 1 << 20)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
+    """What the next iterations' arithmetic depends on besides weights and optimiser: the RNG states, and
+    torch's CPU thread count and version (a reduction split over another number of threads, or another
+    release's kernel, rounds differently: measured in issue 15, 1 vs 2 threads differ after 6 iterations)."""
+    state = {"torch": torch.get_rng_state(), "threads": torch.get_num_threads(), "torch_version": str(torch.__version__)}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore ``rng_state()``; a resumed run also takes the thread count the run was started with, so
+    that it continues bit for bit (on the same machine type and torch release)."""
+    from segadapt.console import log
+
     if "torch" in state:
         torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    threads = int(state.get("threads") or 0)
+    if threads and threads != torch.get_num_threads():
+        log(f"note: resuming with {threads} CPU threads, as the run was started (not {torch.get_num_threads()}), "
+            "so that it continues bit for bit")
+        torch.set_num_threads(threads)
+    version = state.get("torch_version")
+    if version and version != str(torch.__version__):
+        log(f"note: the run was started under torch {version}, it resumes under {torch.__version__}: "
+            "the continuation may differ from an uninterrupted run in the last digits")
 
 
 class RunLock:

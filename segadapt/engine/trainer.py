@@ -7,7 +7,6 @@ the kind of target batches it needs, and the loss of one iteration."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from segadapt.console import log
 from segadapt.data.datasets import TrainCrops
 from segadapt.data.io import write_text
 from segadapt.data.sampling import RareClassSampling, make_stream, sample_seed
-from segadapt.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from segadapt.engine.checkpoint import copy_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segadapt.engine import distributed as D
 from segadapt.engine.device import amp_dtype, autocast, compile_modules, use_channels_last
 from segadapt.engine.loop import run_iterations
@@ -43,7 +42,7 @@ def prepare_run_dir(out: Path, resume: bool, force: bool) -> bool:
             (out / f).unlink(missing_ok=True)
         has_ckpt = False
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".last.pt.*.tmp"):  # a checkpoint write cut short by kill -9; last.pt is intact
+    for stale in out.glob(".*.pt.*.tmp"):  # a checkpoint write cut short by kill -9; last.pt is intact
         stale.unlink(missing_ok=True)
     return has_ckpt and resume
 
@@ -158,7 +157,7 @@ class Trainer:
         save_checkpoint(self.out / "last.pt", self.checkpoint_payload(iteration))
         keep = int(self.cfg["train"].get("keep_every", 0))
         if keep and iteration % keep == 0 and iteration < self.iters:
-            shutil.copyfile(self.out / "last.pt", self.out / f"iter_{iteration:07d}.pt")
+            copy_checkpoint(self.out / "last.pt", self.out / f"iter_{iteration:07d}.pt")  # atomic: kill -9 safe
 
     # -- the loop ----------------------------------------------------------------------------------
     def _streams(self):

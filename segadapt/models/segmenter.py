@@ -21,8 +21,17 @@ class Segmenter(nn.Module):
         # the spec's input_norm (default imagenet): a network is only right on the inputs it was trained on
         norm = INPUT_NORMS[getattr(net, "spec", {}).get("input_norm", "imagenet")]
         self.bgr = norm["bgr"]
-        self.register_buffer("mean", torch.tensor(norm["mean"]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(norm["std"]).view(1, 3, 1, 1), persistent=False)
+        # constants as plain tensors, deliberately not buffers: the EMA teacher update averages every
+        # buffer, which moved them by rounding (0.229 by 1.5e-8 after 3 updates), and as non-persistent
+        # buffers they came back as the exact constants after --resume: the resumed run drifted (issue 15)
+        self.mean = torch.tensor(norm["mean"]).view(1, 3, 1, 1)
+        self.std = torch.tensor(norm["std"]).view(1, 3, 1, 1)
+
+    def _apply(self, fn, recurse=True):
+        # .to(device) / .cuda() / .half() / channels_last move the constants as they would move buffers
+        super()._apply(fn, recurse)
+        self.mean, self.std = fn(self.mean), fn(self.std)
+        return self
 
     @property
     def spec(self) -> dict:
