@@ -243,7 +243,7 @@ class DigaSelfTrain(_WithTeacher):
         t = self.run_teacher(torch.cat([xs, x_cd]), xt)
         t_logits, t_feat = t["logits"], t["feat"]
         t_s, t_cd, t_t = t_logits[:n], t_logits[n:2 * n], t_logits[2 * n:]
-        feat_s, feat_t = t_feat[:n], t_feat[2 * n:]
+        feat_t = t_feat[2 * n:]
 
         selection = self.cfg.get("selection", "dps")
         if selection == "threshold":  # the fixed-threshold baseline of DiGA's ablation
