@@ -159,7 +159,7 @@ def _torchrun(*args, port):
     env = dict(os.environ, SEGADAPT_QUIET="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
            "-m", "segadapt", *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)  # a hung group fails
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

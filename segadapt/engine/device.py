@@ -12,9 +12,9 @@ from segadapt.errors import UsageError
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
-            import os
+            from segadapt.engine.distributed import local_cuda_device
 
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            return local_cuda_device()  # under torchrun: this node's GPU LOCAL_RANK
         return torch.device("cpu")
     try:
         dev = torch.device(name)

@@ -4,6 +4,12 @@
 WORLD_SIZE and LOCAL_RANK; ``init_from_env`` then joins the group (nccl on GPUs, gloo on CPU). A
 single-process run never touches torch.distributed, and every helper here is a no-op in it.
 
+Over several nodes (``torchrun --nnodes=M``) RANK counts processes over all nodes and LOCAL_RANK on
+this node: the GPU is chosen by LOCAL_RANK (``local_cuda_device``), everything else by the global rank
+(``info().rank``: data shards, per-rank seeds, rank 0 alone writes into the output folder, which must
+be on a file system every node sees). GROUP_RANK (the node's index) and LOCAL_WORLD_SIZE are not
+needed: nothing here depends on which node a process runs on.
+
 Training averages gradients with one coalesced all-reduce per step instead of wrapping the model in
 ``DistributedDataParallel``: methods run the student several times per step (clean, mixed and
 augmented views) and own extra trainable modules (projection heads), which DDP's reducer only
@@ -37,8 +43,27 @@ class DistInfo:
 
 def info() -> DistInfo:
     if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank())
     return DistInfo()
+
+
+def local_rank() -> int:
+    """This process's index on its own node (torchrun's LOCAL_RANK; 0 outside torchrun)."""
+    try:
+        return int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise UsageError(f"LOCAL_RANK={os.environ['LOCAL_RANK']!r} is not a number") from None
+
+
+def local_cuda_device() -> torch.device:
+    """The GPU of this process: number LOCAL_RANK of its node (not RANK: on the second node of a
+    2 x 8 GPU job, RANK 8 runs on that node's GPU 0). A clear error where torchrun starts more
+    processes on a node than it has GPUs, instead of CUDA's 'invalid device ordinal' mid-start."""
+    lr, n = local_rank(), torch.cuda.device_count()
+    if lr >= n:
+        raise UsageError(f"LOCAL_RANK={lr} but this node has {n} GPU(s): start torchrun with "
+                         f"--nproc_per_node={n} or fewer")
+    return torch.device("cuda", lr)
 
 
 def env_world_size() -> int:
@@ -56,7 +81,7 @@ def init_from_env(timeout_s: int = 1800) -> DistInfo:
         raise UsageError("this torch build has no torch.distributed support")
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(local_cuda_device())
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return info()
 

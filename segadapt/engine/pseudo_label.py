@@ -242,16 +242,18 @@ def generate(ckpt_path: Path, dataset, split: str, out: Path, protocol: Protocol
 def _generate(model, label_space, items, out, manifest, protocol, device, workers, amp, size, rank) -> dict:
     c = label_space.num_classes
     feat_dim = int(model.spec["feat_dim"])
-    logs = all_logs(out)
     my_log = log_path(out, rank.rank)
     acc = Accumulator(my_log, c, feat_dim)
-    acc.load(logs)
-    todo = [it for it in items if it[0] not in acc.done]
-    if acc.done:
+    # rank 0 alone reads the logs (and trims a record cut by a kill) and sends every rank the same list
+    # of finished images, so all shares come from one view of the folder: on a network file system
+    # another node may briefly still list the files rank 0 has just cleared (--force). The others wait
+    # in the broadcast, so nothing is appended before rank 0 has read.
+    if rank.is_main:
+        acc.load(all_logs(out))
+    done = D.broadcast_object(acc.done)
+    todo = [it for it in items if it[0] not in done]
+    if done:
         log(f"resuming: {len(items) - len(todo)} of {len(items)} images already done")
-    # every rank must have read the logs before any rank appends to them, or their todo lists (and so
-    # their shares) would differ and an image could fall between two ranks
-    D.barrier()
     todo = D.shard(todo)  # under torchrun each rank labels every world_size-th remaining image
 
     loader = DataLoader(InferenceImages([(i, p, None) for i, p, _ in todo], base_size=size), batch_size=1,
