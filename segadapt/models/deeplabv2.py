@@ -20,6 +20,8 @@ from segadapt.models.base import SegmentationNet, check_conv_head_spec, is_pos_i
 _DEFAULTS = {
     "resnet": {"feat_dim": 256, "aspp_rates": [6, 12, 18, 24], "width": None},
     "tiny": {"feat_dim": 64, "aspp_rates": [1, 2, 3, 4], "width": 16},
+    # CPU benchmarks' maps (16x16 crops, 30x23 images): tiny's rates; 320 input channels.
+    "efficientnet_lite0": {"feat_dim": 128, "aspp_rates": [1, 2, 3, 4], "width": None},
 }
 KEYS = ("arch", "backbone", "feat_dim", "aspp_rates", "dropout", "pretrained", "freeze_bn", "width")
 
@@ -29,7 +31,7 @@ def resolve_spec(spec: dict) -> dict:
     backbone = spec.get("backbone", "resnet101")
     if backbone not in BACKBONES:
         raise UsageError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
-    defaults = _DEFAULTS["tiny" if backbone == "tiny" else "resnet"]
+    defaults = _DEFAULTS.get(backbone, _DEFAULTS["resnet"])
     out = {
         "arch": "deeplabv2",
         "backbone": backbone,
