@@ -150,7 +150,7 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet50": lambda **_: build_resnet("resnet50"),
     "resnet101": lambda **_: build_resnet("resnet101"),
     "tiny": lambda width=16, **_: TinyBackbone(width=width),
-    "efficientnet_lite0": lambda **_: None,  # built by segadapt.models.efficientnet (see build_backbone)
+    "efficientnet_lite0": lambda **_: efficientnet.build_backbone("efficientnet_lite0"),  # timm, own weights loader
 }
 
 

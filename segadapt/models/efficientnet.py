@@ -13,7 +13,9 @@ EfficientNet-PyTorch key layout (``_conv_stem``, ``_bn0``, ``_blocks.N._expand_c
 - inputs are what TensorFlow's EfficientNet-Lite was trained on, (RGB - 127) / 128, i.e.
   (x - 0.5) / 0.5 for x in [0, 1]. segadapt's ``Segmenter`` hands every network ImageNet-normalised
   input ((x - mean) / std), so the backbone undoes that and applies the Lite normalisation
-  itself (a fixed affine map, no weights: checkpoints are unaffected);
+  itself (a fixed affine map, no weights: checkpoints are unaffected). Checked on 16 CamVid day
+  frames: the stem BatchNorm's running mean lies a median 0.20 running-std from the batch mean of
+  its input with the Lite normalisation, 0.80 with ImageNet mean/std (0.18 vs 0.26 over all 49 BN layers);
 - ``map_state_dict`` renames the file's keys to timm's, strictly: every key of the file is used
   and every weight of the network is filled, else a one-line DataError names the first problem.
 
