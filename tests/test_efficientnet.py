@@ -189,8 +189,8 @@ def test_camvid_pretrained_configs():
         spec = resolve_spec(pre["model"], 11)
         assert (spec["backbone"], spec["pretrained"], spec["feat_dim"]) == ("efficientnet_lite0", "imagenet", 128)
         assert resolve_spec(plain["model"], 11)["backbone"] == "tiny"  # the "no ImageNet" row stays
-        assert (pre["optim"]["lr"], pre["optim"]["head_lr_mult"]) == (2e-4, 10)
+        assert (pre["optim"]["lr"], pre["optim"]["head_lr_mult"]) == (1e-3, 10)
         assert pre["method"] == plain["method"] and pre["data"] == plain["data"]
         assert pre.get(pre["method"]) == plain.get(plain["method"])
     st = C.load_config("camvid_day2dusk/diga_self_train_pretrained")
-    assert st["optim"]["lr"] == 1e-4 and st["diga"] == C.load_config("camvid_day2dusk/diga_self_train")["diga"]
+    assert st["optim"]["lr"] == 2.5e-4 and st["diga"] == C.load_config("camvid_day2dusk/diga_self_train")["diga"]
