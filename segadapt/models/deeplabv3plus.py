@@ -1,4 +1,4 @@
-"""DeepLab-v3+ (Chen et al. 2018) on a dilated torchvision ResNet.
+"""DeepLab-v3+ (Chen et al. 2018) on a dilated torchvision ResNet (or EfficientNet-Lite0, ``efficientnet.py``).
 
 - Encoder: ResNet-18/50/101 at output stride 8 (default: layer3/layer4 dilated 2/4, as DAFormer's
   DeepLab-v3+ baselines and our DeepLab-v2, so all CNN baselines see the same resolution) or 16
@@ -20,6 +20,7 @@ from torch import nn
 
 from segadapt.errors import UsageError
 from segadapt.models.backbones import RESNETS, ResNetBackbone, _dilate_basic_layer, build_resnet, load_pretrained
+from segadapt.models import efficientnet
 from segadapt.models.base import SegmentationNet, check_conv_head_spec
 
 KEYS = ("arch", "backbone", "output_stride", "aspp_rates", "feat_dim", "dropout", "pretrained", "freeze_bn")
@@ -31,8 +32,9 @@ LOW_LEVEL_DIM = 48  # paper: few channels so the low-level map does not outweigh
 def resolve_spec(spec: dict) -> dict:
     """Validate a deeplabv3plus spec (keys: see ``segadapt.models.build_model``) and fill defaults."""
     backbone = spec.get("backbone", "resnet101")
-    if backbone not in RESNETS:
-        raise UsageError(f"unknown backbone {backbone!r} for arch 'deeplabv3plus'; choose one of {', '.join(RESNETS)}")
+    if backbone not in RESNETS + efficientnet.NAMES:
+        raise UsageError(f"unknown backbone {backbone!r} for arch 'deeplabv3plus'; "
+                         f"choose one of {', '.join(RESNETS + efficientnet.NAMES)}")
     os_ = spec.get("output_stride", 8)
     if isinstance(os_, bool) or not isinstance(os_, int) or os_ not in _RATES:
         raise UsageError(f"output_stride must be 8 or 16, got {os_!r}")
@@ -111,8 +113,11 @@ class DeepLabV3Plus(SegmentationNet):
 
 def build(spec: dict, num_classes: int) -> DeepLabV3Plus:
     """Build from a spec already resolved by :func:`resolve_spec`."""
-    backbone = build_resnet_os(spec["backbone"], spec["output_stride"])
-    if spec["pretrained"] is not None:
-        load_pretrained(backbone, spec["backbone"], spec["pretrained"])
+    if spec["backbone"] in efficientnet.NAMES:  # low-level map: stride-4 stage 2 (24 ch)
+        backbone = efficientnet.build_backbone(spec["backbone"], spec["pretrained"], spec["output_stride"])
+    else:
+        backbone = build_resnet_os(spec["backbone"], spec["output_stride"])
+        if spec["pretrained"] is not None:
+            load_pretrained(backbone, spec["backbone"], spec["pretrained"])
     return DeepLabV3Plus(backbone, num_classes, aspp_rates=spec["aspp_rates"], feat_dim=spec["feat_dim"],
                          dropout=spec["dropout"], freeze_bn=spec["freeze_bn"])
