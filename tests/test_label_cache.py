@@ -1,4 +1,4 @@
-"""The decoded-label cache of evaluate --pred-dir and the libspng label decoder: same values as a fresh
+"""The decoded-label cache of evaluate --pred-dir and the libspng image and label decoders: same values as a fresh
 OpenCV / Pillow decode, and a cache that is rebuilt when a label file changes."""
 
 from __future__ import annotations
@@ -110,3 +110,22 @@ def test_libspng_and_opencv_decode_identical_arrays(tmp_path):
         fast, slow = decode_label(data, name, fast=True), decode_label(data, name, fast=False)
         assert fast.dtype == slow.dtype == want.dtype and fast.shape == want.shape, name
         assert np.array_equal(fast, want) and np.array_equal(slow, want), name
+
+
+def test_read_image_fast_path_gives_opencv_pixels(tmp_path):
+    pytest.importorskip("pyspng")
+    from segadapt.data.io import read_image
+
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "rgb.png"), rgb[..., ::-1])  # 8-bit RGB: libspng
+    Image.fromarray(rgb).save(tmp_path / "pil.png")
+    rgba = np.dstack([rgb, rng.integers(0, 256, (37, 53), dtype=np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")  # OpenCV on both paths: drops alpha
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "grey.png")  # grey -> 3 equal channels
+    cv2.imwrite(str(tmp_path / "j.jpg"), rgb[..., ::-1])
+    for name in ("rgb.png", "pil.png", "rgba.png", "grey.png", "j.jpg"):
+        fast, slow = read_image(tmp_path / name, fast=True), read_image(tmp_path / name, fast=False)
+        assert fast.dtype == np.uint8 and fast.shape == (37, 53, 3) and np.array_equal(fast, slow), name
+    assert np.array_equal(read_image(tmp_path / "rgb.png"), rgb)
+    assert np.array_equal(read_image(tmp_path / "rgba.png"), rgb)
