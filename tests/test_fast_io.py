@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from segadapt.data import label_cache as LC
@@ -129,3 +130,14 @@ def test_read_image_fast_path_gives_opencv_pixels(tmp_path):
         assert fast.dtype == np.uint8 and fast.shape == (37, 53, 3) and np.array_equal(fast, slow), name
     assert np.array_equal(read_image(tmp_path / "rgb.png"), rgb)
     assert np.array_equal(read_image(tmp_path / "rgba.png"), rgb)
+
+
+def test_to_tensor_values_of_flipped_crop():
+    from segadapt.data.datasets import to_tensor
+
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    view = img[3:15, 4:26][:, ::-1]  # a crop, then a horizontal flip: a strided view, as TrainCrops passes
+    t = to_tensor(view)
+    want = np.stack([view[..., c].astype(np.float32) / np.float32(255) for c in range(3)])
+    assert t.dtype == torch.float32 and t.is_contiguous() and np.array_equal(t.numpy(), want)
