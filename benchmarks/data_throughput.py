@@ -76,21 +76,20 @@ def make_files(root: Path, n: int, seed: int = 0):
     return src, np.stack(counts), tgt, pl
 
 
-def floor_per_image(items, base) -> float:
-    """Seconds per image to decode the item's files and resize them to ``base``: nothing else."""
+def floor_per_image(items, base) -> tuple[float, float]:
+    """(wall, CPU) seconds per image to decode the item's files and resize them to ``base``: nothing else."""
     from segadapt.data.io import read_image, read_label
 
-    best = float("inf")
+    best, cpu = float("inf"), float("inf")
     for _ in range(2):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for it in items:
-            img = cv2.resize(read_image(it[1]), base, interpolation=cv2.INTER_AREA)
+            cv2.resize(read_image(it[1]), base, interpolation=cv2.INTER_AREA)
             for p in it[2:]:
                 if p is not None:
                     cv2.resize(read_label(p), base, interpolation=cv2.INTER_NEAREST)
-        best = min(best, time.perf_counter() - t0)
-        del img
-    return best / len(items)
+        best, cpu = min(best, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
+    return best / len(items), cpu / len(items)
 
 
 def decode_only(paths) -> float:
@@ -102,18 +101,19 @@ def decode_only(paths) -> float:
     return (time.perf_counter() - t0) / len(paths)
 
 
-def stream_rate(ds, workers: int, batches: int, choose=None, stream: int = 0) -> tuple[float, float]:
-    """(images/s after the first batch, seconds to the first batch) of make_stream over ``ds``."""
+def stream_rate(ds, workers: int, batches: int, choose=None, stream: int = 0) -> tuple[float, float, float]:
+    """(images/s after the first batch, seconds to the first batch, CPU s/image of this process) of
+    make_stream over ``ds`` (the CPU figure is the whole cost only with workers=0)."""
     from segadapt.data.sampling import make_stream
 
     t0 = time.perf_counter()
     it = make_stream(ds, BATCH, seed=0, stream=stream, start=0, total=batches + 1, workers=workers, choose=choose)
     next(it)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     n = 0
     for b in it:
         n += b["image"].shape[0]
-    return n / (time.perf_counter() - t1), t1 - t0
+    return n / (time.perf_counter() - t1), t1 - t0, (time.process_time() - c1) / n
 
 
 def main() -> None:
@@ -158,12 +158,15 @@ def main() -> None:
     print(f"{'stream':28s} {'floor img/s':>12s} " + " ".join(f"{'w=' + str(w) + ' img/s':>11s} {'/floor':>6s}"
                                                             for w in a.workers) + "   start-up s")
     for k in streams:
-        fl = 1 / min(floors[k], floors2[k])
+        fl = 1 / min(floors[k][0], floors2[k][0])
         cells = " ".join(f"{rates[k, w][0]:11.2f} {fl / rates[k, w][0] if w == 0 else fl * max(1, w) / rates[k, w][0]:6.2f}"
                          for w in a.workers)
         starts = ", ".join(f"{rates[k, w][1]:.1f}" for w in a.workers)
         print(f"{k:28s} {fl:12.2f} {cells}   {starts}")
     print("(/floor: floor x max(1, workers) / stream rate; 1.0 = the stream costs no more than decode + resize)")
+    if 0 in a.workers:  # CPU time does not depend on how many other jobs share the cores
+        print("CPU ms per image, workers=0 (stream / decode + resize floor): " + ", ".join(
+            f"{k} {1000 * rates[k, 0][2]:.0f} / {1000 * min(floors[k][1], floors2[k][1]):.0f}" for k in streams))
     print("image decode alone (read_image), ms/image: "
           + ", ".join(f"{k} {1000 * v:.1f}" for k, v in dec.items()))
 
