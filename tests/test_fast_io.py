@@ -145,3 +145,21 @@ def test_to_tensor_values_of_flipped_crop():
     t = to_tensor(view)
     want = np.stack([view[..., c].astype(np.float32) / np.float32(255) for c in range(3)])
     assert t.dtype == torch.float32 and t.is_contiguous() and np.array_equal(t.numpy(), want)
+
+
+def test_unlabelled_crops_equal_crops_of_an_all_ignore_label_file(tmp_path):
+    """Target images without labels skip resizing a constant map; the sample must be what an all-ignore
+    label file gives (same rng draws, same image, label 255 everywhere, padding included)."""
+    from segadapt.data.datasets import TrainCrops
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (60, 100, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "i.png"), img[..., ::-1])
+    write_png(tmp_path / "l.png", np.full((60, 100), 255, np.uint8), rgb=False)
+    bare = TrainCrops([("a", tmp_path / "i.png", None)], crop=(40, 90), scale=(0.6, 1.5), base_size=(80, 50))
+    ref = TrainCrops([("a", tmp_path / "i.png", tmp_path / "l.png")], crop=(40, 90), scale=(0.6, 1.5),
+                     base_size=(80, 50))
+    for seed in range(8):  # scales below and above 1: padded and unpadded crops, flips both ways
+        a, b = bare[(0, seed)], ref[(0, seed)]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"]), seed
+        assert (a["label"] == 255).all() and a["label"].dtype == torch.int64
