@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -132,7 +131,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         src, counts, tgt, pl = make_files(root, a.n)
-        mb = {k: np.mean([Path(it[1]).stat().st_size for it in v]) / 2**20 for k, v in (("source", src), ("target", tgt))}
+        mb = {k: np.mean([Path(it[1]).stat().st_size for it in v]) / 2**20
+              for k, v in (("source", src), ("target", tgt))}
         rcs = RareClassSampling(counts, 0.01, 3000)
         streams = {
             "source crops + RCS": (TrainCrops(src, CROP, SCALE, True, base_size=SOURCE_BASE), rcs, src, SOURCE_BASE),
@@ -159,8 +159,7 @@ def main() -> None:
                                                             for w in a.workers) + "   start-up s")
     for k in streams:
         fl = 1 / min(floors[k][0], floors2[k][0])
-        cells = " ".join(f"{rates[k, w][0]:11.2f} {fl / rates[k, w][0] if w == 0 else fl * max(1, w) / rates[k, w][0]:6.2f}"
-                         for w in a.workers)
+        cells = " ".join(f"{rates[k, w][0]:11.2f} {fl * max(1, w) / rates[k, w][0]:6.2f}" for w in a.workers)
         starts = ", ".join(f"{rates[k, w][1]:.1f}" for w in a.workers)
         print(f"{k:28s} {fl:12.2f} {cells}   {starts}")
     print("(/floor: floor x max(1, workers) / stream rate; 1.0 = the stream costs no more than decode + resize)")

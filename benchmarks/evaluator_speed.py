@@ -147,9 +147,13 @@ def main() -> None:
     print(f"cpu cores {os.cpu_count()}, load average before {load0[0]:.1f}, after {load1[0]:.1f}")
     for k, ms in per_frame.items():
         raw = ", ".join(f"{(tl - ts) / frames * 1000:.1f}" for ts, tl in zip(times[k][a.small], times[k][a.large]))
-        diffs = lambda key: [tl - ts for ts, tl in zip(times[key][a.small], times[key][a.large])]  # noqa: E731
-        per_rep = statistics.median(c / o if o > 0 else math.inf for c, o in zip(diffs("cityscapesScripts"), diffs(k)))
-        ratio = "" if k == "cityscapesScripts" else f"  {cs / ms:5.1f}x cityscapesScripts (median per-repeat {per_rep:.1f}x)"
+        def diffs(key):
+            return [tl - ts for ts, tl in zip(times[key][a.small], times[key][a.large])]
+
+        per_rep = statistics.median(c / o if o > 0 else math.inf
+                                    for c, o in zip(diffs("cityscapesScripts"), diffs(k)))
+        ratio = ("" if k == "cityscapesScripts"
+                 else f"  {cs / ms:5.1f}x cityscapesScripts (median per-repeat {per_rep:.1f}x)")
         print(f"{k:28s}: {ms:7.2f} ms/frame{ratio}   [{medians[k]:.1f}; repeats: {raw}]")
     print(f"first run (builds the cache) : {(cold[a.large] - cold[a.small]) / frames * 1000:7.2f} ms/frame")
     print(f"decode floor, 2 PNGs/frame   : {floor_ms:7.2f} ms/frame ({decoder}, one thread)")
