@@ -87,6 +87,9 @@ def evaluate(
                                                help="Also write the confusion matrix (pixel counts, classes) to this "
                                                     ".json file; picture it with `visualize confusion`."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --save-matrix file."),
+    label_cache: bool = typer.Option(True, "--label-cache/--no-label-cache",
+                                     help="--pred-dir: keep the decoded ground truth in labels/<split>.labelcache "
+                                          "(built on the first run, rebuilt when a label file changes)."),
 ):
     """Per-class IoU and mIoU from one confusion matrix over the split."""
     if (ckpt is None) == (pred_dir is None):
@@ -103,7 +106,8 @@ def evaluate(
                                        weights, dev, workers=workers, amp=amp_dtype(amp, dev),
                                        size=parse_resize(size), classes=classes, save_matrix=save_matrix)
     else:
-        result = E.evaluate_predictions(pred_dir, dataset, split, classes=classes, save_matrix=save_matrix)
+        result = E.evaluate_predictions(pred_dir, dataset, split, classes=classes, save_matrix=save_matrix,
+                                        label_cache=label_cache)
     if json_out:
         typer.echo(json.dumps(result))
     else:

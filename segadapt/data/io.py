@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -15,45 +16,82 @@ from segadapt.errors import DataError
 cv2.setNumThreads(1)  # the callers parallelise; avoid oversubscribing the cores
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """RGB uint8 (H, W, 3). Raises DataError for a missing or unreadable file."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DataError(f"cannot read image {path}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+try:  # libspng: ~1.5x faster than OpenCV's libpng on label maps (optional extra `fast`)
+    import pyspng as _spng
+except ImportError:  # pragma: no cover - exercised by forcing the fallback in the tests
+    _spng = None
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _is_palette_png(path: Path) -> bool:
-    """True for a PNG whose IHDR colour type is 3 (palette); read from the first 26 bytes, so the
-    common case (grey labels) costs no second decoder pass."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(26)
-    except OSError:
-        return False  # OpenCV below reports the missing file
-    return len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[25] == 3
+def _png_kind(head: bytes) -> tuple[int, int] | None:
+    """(bit depth, colour type) from a PNG's IHDR (its first 26 bytes), None for anything else."""
+    if len(head) >= 26 and head[:8] == _PNG_MAGIC and head[12:16] == b"IHDR":
+        return head[24], head[25]
+    return None
 
 
-def read_label(path: str | Path) -> np.ndarray:
-    """Single-channel label map exactly as stored (palette PNGs give their indices).
+def decode_label(data: bytes, name: str | Path = "<bytes>", fast: bool | None = None) -> np.ndarray:
+    """A label file's bytes -> single-channel map exactly as stored (palette PNGs give their indices).
 
-    OpenCV expands palette PNGs to colour, so palette files are read through Pillow, which
-    returns the raw indices for mode 'P'."""
-    path = Path(path)
-    if _is_palette_png(path):
+    8-bit grey PNGs (every label segadapt writes) go through libspng when pyspng is installed
+    (``fast=None``: when available; False forces OpenCV); palette PNGs through Pillow, which returns
+    the raw indices (OpenCV expands them to colour); anything else (16-bit, other formats) OpenCV."""
+    kind = _png_kind(data[:26])
+    if kind is not None and kind[1] == 3:
         from PIL import Image
 
         try:
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(data)) as im:
                 return np.asarray(im, dtype=np.uint8).copy()
         except Exception as e:  # noqa: BLE001 - a truncated or corrupt file: one line, not a traceback
-            raise DataError(f"cannot read label {path}: {e}") from None
-    lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            raise DataError(f"cannot read label {name}: {e}") from None
+    if kind == (8, 0) and _spng is not None and fast is not False:
+        try:
+            return _spng.load(data, format="L")  # L: grey out, tRNS ignored, no gamma: the stored values
+        except Exception as e:  # noqa: BLE001
+            raise DataError(f"cannot read label {name}: {e}") from None
+    lab = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if lab is None:
-        raise DataError(f"cannot read label {path}")
+        raise DataError(f"cannot read label {name}")
     if lab.ndim == 3:
-        raise DataError(f"label {path} has {lab.shape[2]} channels; expected a single-channel or palette PNG")
+        raise DataError(f"label {name} has {lab.shape[2]} channels; expected a single-channel or palette PNG")
     return lab
+
+
+def read_label(path: str | Path, fast: bool | None = None) -> np.ndarray:
+    """Single-channel label map exactly as stored (palette PNGs give their indices); see ``decode_label``."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        raise DataError(f"cannot read label {path}") from None
+    return decode_label(data, path, fast)
+
+
+def read_image(path: str | Path, fast: bool | None = None) -> np.ndarray:
+    """RGB uint8 (H, W, 3). Raises DataError for a missing or unreadable file.
+
+    8-bit RGB PNGs (GTA5, Cityscapes, what prepare-data --resize writes) are decoded by libspng when
+    pyspng is installed (~20% faster than OpenCV, same pixels; ``fast=False`` forces OpenCV); JPEGs,
+    RGBA, grey and 16-bit images go through OpenCV, as before."""
+    if fast is not False and _spng is not None:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            raise DataError(f"cannot read image {path}") from None
+        if _png_kind(data[:26]) == (8, 2):
+            try:
+                return _spng.load(data, format="RGB")
+            except Exception as e:  # noqa: BLE001 - a truncated or corrupt file: one line
+                raise DataError(f"cannot read image {path}: {e}") from None
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    else:
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise DataError(f"cannot read image {path}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 # Label maps (labels, pseudo-labels, predictions) are large runs of one value: zlib's run-length

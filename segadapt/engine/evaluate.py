@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from segadapt.console import progress
+from segadapt.data import label_cache as LC
 from segadapt.data.datasets import InferenceImages
 from segadapt.data.io import read_json, read_label, write_json
 from segadapt.data.labelspace import protocol_indices
@@ -114,8 +115,12 @@ def evaluate_checkpoint(ckpt_path, dataset, split: str, protocol: Protocol, weig
     return result
 
 
-def evaluate_predictions(pred_dir, dataset, split: str, classes: str = "all", save_matrix=None) -> dict:
-    """Score saved trainId PNGs ``pred_dir/<id>.png`` (pseudo-label folders work too: their labels/)."""
+def evaluate_predictions(pred_dir, dataset, split: str, classes: str = "all", save_matrix=None,
+                         label_cache: bool = True) -> dict:
+    """Score saved trainId PNGs ``pred_dir/<id>.png`` (pseudo-label folders work too: their labels/).
+
+    ``label_cache``: read the ground truth from the split's decoded-label cache
+    (``segadapt.data.label_cache``), building it on the first run; the counts are the same either way."""
     _require_labels(dataset, split)
     protocol_indices(dataset.label_space, classes)
     pred_dir = Path(pred_dir)
@@ -132,22 +137,38 @@ def evaluate_predictions(pred_dir, dataset, split: str, classes: str = "all", sa
     cm = ConfusionMatrix(ls.num_classes)
     t0 = time.time()
     mine = D.shard(items)
+    cache = LC.open_cache(dataset.root, split, items) if label_cache else None
+    # a missing or stale cache is (re)built from the labels this run decodes anyway; one writer only
+    blobs = {} if (label_cache and cache is None and D.info().world_size == 1) else None
 
     def count(item):
         _id, _img, lab_path = item
-        pred, label = read_label(pred_dir / f"{_id}.png"), read_label(lab_path)
+        if cache is not None:
+            label = cache.get(_id)
+        else:
+            stamp = LC.file_stamp(lab_path) if blobs is not None else None  # before the read: a later edit is stale
+            label = read_label(lab_path)
+            if blobs is not None and label.dtype == np.uint8:
+                blobs[_id] = (LC.encode(label), label.shape, stamp)
+        pred = read_label(pred_dir / f"{_id}.png")
         if pred.shape != label.shape:
             raise DataError(f"prediction {_id}.png is {pred.shape[1]}x{pred.shape[0]}, its label "
                             f"{label.shape[1]}x{label.shape[0]}; predictions must be at label resolution")
         return cm.counts_numpy(pred, label)
 
-    # PNG decoding dominates; OpenCV releases the GIL in decoding and counting, so each image is
-    # decoded and counted in a worker thread and only the small count arrays are summed here
-    with progress(len(mine), f"evaluate {split}") as advance, \
-            ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        for counts in pool.map(count, mine):
-            cm.add_counts(counts)
-            advance(1)
+    # PNG decoding dominates; libspng, OpenCV, zlib and the histogram release the GIL, so each image
+    # is decoded and counted in a worker thread and only the small count arrays are summed here
+    try:
+        with progress(len(mine), f"evaluate {split}") as advance, \
+                ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+            for counts in pool.map(count, mine):
+                cm.add_counts(counts)
+                advance(1)
+    finally:
+        if cache is not None:
+            cache.close()
+    if blobs is not None and len(blobs) == len(items):
+        LC.write_cache(dataset.root, split, blobs)
     cm.all_reduce()
     result = score(cm, ls, classes)
     result.update(num_images=len(items), seconds=round(time.time() - t0, 3), label_space=ls.name,
