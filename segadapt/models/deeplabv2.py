@@ -32,7 +32,8 @@ from torch import nn
 
 from segadapt.errors import UsageError
 from segadapt.models.backbones import BACKBONES, _looks_like_path, build_backbone
-from segadapt.models.base import SegmentationNet, check_conv_head_spec, check_input_norm, is_pos_int
+from segadapt.models.base import (BACKBONE_INPUT_NORMS, SegmentationNet, check_conv_head_spec, check_input_norm,
+                                  is_pos_int)
 
 # Per-backbone defaults: tiny runs on 16x32 maps and must stay small (the ASPP dominates its
 # parameter count), the ResNets use the papers' settings.
@@ -68,8 +69,7 @@ def resolve_spec(spec: dict) -> dict:
         "pretrained": spec.get("pretrained"),
         "freeze_bn": spec.get("freeze_bn", False),
         "width": spec.get("width", defaults["width"]),
-        "input_norm": check_input_norm(spec.get("input_norm",
-                                                "caffe" if backbone == "resnet101_caffe" else "imagenet")),
+        "input_norm": check_input_norm(spec.get("input_norm", BACKBONE_INPUT_NORMS.get(backbone, "imagenet"))),
         "post_backbone_bn": spec.get("post_backbone_bn", False),
     }
     if not isinstance(out["post_backbone_bn"], bool):

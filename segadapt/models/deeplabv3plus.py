@@ -21,9 +21,10 @@ from torch import nn
 from segadapt.errors import UsageError
 from segadapt.models.backbones import RESNETS, ResNetBackbone, _dilate_basic_layer, build_resnet, load_pretrained
 from segadapt.models import efficientnet
-from segadapt.models.base import SegmentationNet, check_conv_head_spec
+from segadapt.models.base import BACKBONE_INPUT_NORMS, SegmentationNet, check_conv_head_spec, check_input_norm
 
-KEYS = ("arch", "backbone", "output_stride", "aspp_rates", "feat_dim", "dropout", "pretrained", "freeze_bn")
+KEYS = ("arch", "backbone", "output_stride", "aspp_rates", "feat_dim", "dropout", "pretrained", "freeze_bn",
+        "input_norm")
 _RATES = {8: [12, 24, 36], 16: [6, 12, 18]}
 ASPP_DIM = 256      # paper
 LOW_LEVEL_DIM = 48  # paper: few channels so the low-level map does not outweigh the ASPP context
@@ -47,6 +48,8 @@ def resolve_spec(spec: dict) -> dict:
         "dropout": spec.get("dropout", 0.1),
         "pretrained": spec.get("pretrained"),
         "freeze_bn": spec.get("freeze_bn", False),
+        # how the Segmenter normalises the input (base.INPUT_NORMS): what the backbone's weights expect
+        "input_norm": check_input_norm(spec.get("input_norm", BACKBONE_INPUT_NORMS.get(backbone, "imagenet"))),
     }
     check_conv_head_spec(out)
     return out

