@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -82,14 +83,19 @@ def test_bad_input_gives_one_line_errors(tiny_bench, tmp_path):
         assert any(match in line for line in err), p.stderr
         return p
 
-    fails(1, "warmup", "-c", "synthetic/source_only", "--source", tmp_path / "nope", "--out", tmp_path / "r",
-          match="does not exist")
-    fails(2, "warmup", "-c", "synthetic/source_only", "--source", src, "--out", tmp_path / "r", "--set", "optim.lrr=1",
-          match="unknown config key 'optim.lrr'")
-    fails(2, "warmup", "-c", "synthetic/source_only", "--source", src, "--out", tmp_path / "r", "--method", "magic",
-          match="unknown warmup method 'magic'")
-    fails(2, "evaluate", "--data", tgt, match="exactly one of --ckpt or --pred-dir")
-    fails(2, "warmup", "--bogus-option", match="No such option")
+    # independent refusals, two processes at a time (each is mostly interpreter start-up)
+    independent = [
+        (1, ("warmup", "-c", "synthetic/source_only", "--source", tmp_path / "nope", "--out", tmp_path / "r"),
+         "does not exist"),
+        (2, ("warmup", "-c", "synthetic/source_only", "--source", src, "--out", tmp_path / "r", "--set",
+             "optim.lrr=1"), "unknown config key 'optim.lrr'"),
+        (2, ("warmup", "-c", "synthetic/source_only", "--source", src, "--out", tmp_path / "r", "--method", "magic"),
+         "unknown warmup method 'magic'"),
+        (2, ("evaluate", "--data", tgt), "exactly one of --ckpt or --pred-dir"),
+        (2, ("warmup", "--bogus-option"), "No such option"),
+    ]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(lambda case: fails(case[0], *case[1], match=case[2]), independent))
 
     run_cli("warmup", "-c", "synthetic/source_only", "--source", src, "--out", tmp_path / "a", "--iters", 1, *TINY_SET)
     before = (tmp_path / "a" / "last.pt").read_bytes()

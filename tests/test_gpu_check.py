@@ -32,14 +32,16 @@ def test_cpu_dry_run_measures_every_step(tmp_path):
     proc = _run(out, DEVICE="cpu", TINY="1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
-    # model 1: 4 methods in fp32, bf16, bf16 + channels_last, and one compiled; model 2: one method each
+    # model 1: 4 methods in fp32 and bf16 + channels_last, and one compiled; model 2: one method in
+    # fp32 and bf16 + channels_last
     got = {(r["arch"], r["method"], r["amp"], r["channels_last"], r["compile"]) for r in rows}
-    for amp, cl in (("off", False), ("bf16", False), ("bf16", True)):
+    for amp, cl in (("off", False), ("bf16", True)):
         for m in ("warmup:diga", "self-train:diga", "warmup:plca", "self-train:t2s"):
             assert ("deeplabv2", m, amp, cl, False) in got
-        assert ("segformer", "warmup:diga", amp, cl, False) in got
     assert ("deeplabv2", "warmup:diga", "bf16", True, "aot_eager") in got
-    assert ("segformer", "warmup:diga", "bf16", True, "aot_eager") in got
+    assert {g for g in got if g[0] == "segformer"} == {("segformer", "warmup:diga", "off", False, False),
+                                                       ("segformer", "warmup:diga", "bf16", True, False)}
+    assert len(rows) == 11
     assert all(r["s_per_step"] > 0 and r["images_per_s"] == pytest.approx(r["batch"] / r["s_per_step"])
                and r["peak_gib"] > 0 for r in rows)
     infer = json.loads((out / "infer.json").read_text())
