@@ -3,6 +3,7 @@ atomically (temporary file, fsync, rename) so a kill during a save never leaves 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -21,10 +22,18 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **payload}
+    with _atomic_file(path) as f:
+        torch.save(payload, f)
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path):
+    """Binary file object whose content replaces ``path`` only once it is complete and on disk (a kill
+    mid-write leaves ``path`` as it was, plus a ``.NAME.*.tmp`` that the next run removes)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -65,17 +74,8 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
     """Copy a written checkpoint (``iter_N.pt`` next to ``last.pt``) atomically, as ``save_checkpoint`` writes."""
-    dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f, open(src, "rb") as s:
-            shutil.copyfileobj(s, f, 1 << 20)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with _atomic_file(Path(dst)) as f, open(src, "rb") as s:
+        shutil.copyfileobj(s, f, 1 << 20)
 
 
 def rng_state() -> dict:

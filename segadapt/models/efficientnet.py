@@ -158,16 +158,9 @@ def read_weights(source: str) -> tuple[dict[str, torch.Tensor], str]:
     if not os.path.isfile(path):
         raise DataError(f"pretrained weights file not found: {path} (use pretrained: imagenet for the packaged "
                         f"EfficientNet-Lite0 weights)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle/zip errors come in many types; all mean "not a weights file"
-        raise DataError(f"cannot read pretrained weights {path}: {str(exc).splitlines()[0]}") from None
-    for key in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise DataError(f"{path} does not hold a state_dict (a mapping of parameter names to tensors)")
+    from segadapt.models.backbones import _read_state_file  # late: backbones imports this module
+
+    obj = _read_state_file(path)  # weights-only load, state_dict/model containers unwrapped
     return dict(obj), path
 
 
