@@ -2,7 +2,40 @@
 
 from __future__ import annotations
 
+from enum import Enum
+
+import typer
+
+from segadapt.data.labelspace import PROTOCOLS
 from segadapt.errors import UsageError
+
+
+# The fixed choices of options, as Enums: a wrong value is refused by the parser with the choices listed.
+# Commands pass ``.value`` on, so the engine and what it writes see the same strings as before.
+class Fusion(str, Enum):
+    max = "max"
+    mean = "mean"
+
+
+class Mode(str, Enum):
+    whole = "whole"
+    slide = "slide"
+
+
+class Weights(str, Enum):
+    student = "student"
+    teacher = "teacher"
+
+
+class Amp(str, Enum):
+    auto = "auto"
+    off = "off"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+# evaluate --protocol: every class, or one of the label-space protocols ('19', '16', '13')
+EvalProtocol = Enum("EvalProtocol", [("all", "all"), *((f"p{p}", p) for p in PROTOCOLS)], type=str)
 
 
 def float_list(text: str | None, name: str) -> list[float] | None:
@@ -29,3 +62,22 @@ def hw_pair(text: str | None, name: str) -> list[int] | None:
     if h <= 0 or w <= 0:
         raise UsageError(f"{name} must be positive, got '{text}'")
     return [h, w]
+
+
+def input_size(text: str | None) -> tuple[int, int] | None:
+    """--input-size HxW -> the (W, H) pair the inference engine takes (and records in its outputs)."""
+    from segadapt.data.prepare.common import parse_image_size
+
+    hw = parse_image_size(text, "--input-size")
+    return None if hw is None else (hw[1], hw[0])
+
+
+def renamed(old: str, new: str):
+    """A hidden option for a spelling whose size order was WxH: using it is a usage error that names
+    the HxW option (the same text, e.g. 1280x720, would silently mean another size)."""
+    def refuse(value):
+        if value is not None:
+            raise UsageError(f"{old} was WxH; use {new} HxW (height first)")
+        return value
+
+    return typer.Option(None, old, hidden=True, is_eager=True, callback=refuse)
