@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from segadapt.cli.options import Weights, hw_pair
+from segadapt.cli.options import Weights, choices, hw_pair
 from segadapt.engine import export as X
 from segadapt.errors import UsageError
 
-ExportFormat = Enum("ExportFormat", [(f, f) for f in X.FORMATS], type=str)
+ExportFormat = choices("ExportFormat", X.FORMATS)
 
 
 def export(

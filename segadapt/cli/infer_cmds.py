@@ -73,7 +73,7 @@ def evaluate(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint to evaluate."),
     pred_dir: Optional[Path] = typer.Option(None, "--pred-dir", help="Folder of <id>.png trainId predictions."),
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
-    classes: EvalProtocol = typer.Option(EvalProtocol.all, "--protocol",
+    classes: EvalProtocol = typer.Option(EvalProtocol["all"], "--protocol",
                                 help="Classes scored: all, 19, or the SYNTHIA protocols 16 / 13 (reports both)."),
     scales: str = SCALES,
     flip: bool = FLIP,

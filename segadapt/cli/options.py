@@ -10,32 +10,18 @@ from segadapt.data.labelspace import PROTOCOLS
 from segadapt.errors import UsageError
 
 
-# The fixed choices of options, as Enums: a wrong value is refused by the parser with the choices listed.
-# Commands pass ``.value`` on, so the engine and what it writes see the same strings as before.
-class Fusion(str, Enum):
-    max = "max"
-    mean = "mean"
+def choices(name: str, values) -> type[Enum]:
+    """The fixed choices of an option as an Enum (a str subclass): a wrong value is refused by the parser
+    with the choices listed. Commands pass ``.value`` on, so the engine and what it writes see the same
+    strings as before."""
+    return Enum(name, [(v, v) for v in values], type=str)
 
 
-class Mode(str, Enum):
-    whole = "whole"
-    slide = "slide"
-
-
-class Weights(str, Enum):
-    student = "student"
-    teacher = "teacher"
-
-
-class Amp(str, Enum):
-    auto = "auto"
-    off = "off"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-# evaluate --protocol: every class, or one of the label-space protocols ('19', '16', '13')
-EvalProtocol = Enum("EvalProtocol", [("all", "all"), *((f"p{p}", p) for p in PROTOCOLS)], type=str)
+Fusion = choices("Fusion", ("max", "mean"))  # how inference scales combine
+Mode = choices("Mode", ("whole", "slide"))
+Weights = choices("Weights", ("student", "teacher"))
+Amp = choices("Amp", ("auto", "off", "bf16", "fp16"))
+EvalProtocol = choices("EvalProtocol", ("all", *PROTOCOLS))  # every class, or a label-space protocol
 
 
 def float_list(text: str | None, name: str) -> list[float] | None:
