@@ -10,7 +10,7 @@ bench_setup() {
     S=(--set "seed=$SEED" --resume)
     case $BENCH in
         synthetic) SRC=$OUT/data/source TGT=$OUT/data/target EVAL=(--data "$OUT/data/target" --split val) ;;
-        camvid_day2dusk) SRC=$OUT/data/day TGT=$OUT/data/dusk EVAL=(--data "$OUT/data/dusk" --split train --size 240x180) ;;
+        camvid_day2dusk) SRC=$OUT/data/day TGT=$OUT/data/dusk EVAL=(--data "$OUT/data/dusk" --split train --input-size 180x240) ;;
         *) echo "unknown benchmark $BENCH" >&2; exit 2 ;;
     esac
 }

@@ -10,7 +10,7 @@ photo-like in size and decode cost. Then measures, per loader worker count:
   (1024x512, no labels) and pseudo-label crops with confidence (1024x512);
 * the floor: the same files decoded (read_image / read_label) and resized to the stream's base size,
   nothing else, one process, one thread;
-* the `prepare-data --resize` alternative: decoding images already stored at the base size.
+* the `prepare-data --image-size` alternative: decoding images already stored at the base size.
 
 images/s of each stream is timed after its first batch (worker start-up excluded, reported apart).
 
@@ -147,9 +147,9 @@ def main() -> None:
                 rates[k, w] = stream_rate(ds, w, a.batches, choose)
         floors2 = {k: floor_per_image(v[2], v[3]) for k, v in streams.items()}  # again, after: load drifts
         dec = {"source 1914x1052": decode_only([it[1] for it in src]),
-               "source --resize 1280x720": decode_only(sorted((root / "resized/src").glob("*.png"))),
+               "source --image-size 720x1280": decode_only(sorted((root / "resized/src").glob("*.png"))),
                "target 2048x1024": decode_only([it[1] for it in tgt]),
-               "target --resize 1024x512": decode_only(sorted((root / "resized/tgt").glob("*.png")))}
+               "target --image-size 512x1024": decode_only(sorted((root / "resized/tgt").glob("*.png")))}
     load1 = os.getloadavg()
 
     print(f"{a.n} frames per domain, PNG sizes: source {mb['source']:.1f} MiB, target {mb['target']:.1f} MiB; "

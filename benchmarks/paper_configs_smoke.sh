@@ -12,7 +12,7 @@ ITERS=${2:-2}
 SEGADAPT=${SEGADAPT:-segadapt}
 export SEGADAPT_QUIET=1
 DATA=$OUT/data
-$SEGADAPT prepare-data synthetic --out "$DATA" --n-source 4 --n-target-train 4 --n-target-val 2 --size 256x128 > /dev/null
+$SEGADAPT prepare-data synthetic --out "$DATA" --n-source 4 --n-target-train 4 --n-target-val 2 --image-size 128x256 > /dev/null
 NOW=(--set model.pretrained=null --set data.workers=0 --set train.ckpt_every=1 --iters "$ITERS" --force)
 if [ "${SMALL:-0}" = 1 ]; then
     NOW+=(--set "data.crop=[128,128]" --set "data.source_size=[256,128]" --set "data.target_size=[256,128]")

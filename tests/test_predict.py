@@ -101,7 +101,7 @@ def images(tmp_path):
 
 def test_folder_equals_evaluate(tiny_bench, tmp_path):
     """predict on the raw validation folder, scored with evaluate --pred-dir, gives evaluate --ckpt's
-    confusion matrix exactly; each prediction equals infer's argmax (multi-scale, flip, --size)."""
+    confusion matrix exactly; each prediction equals infer's argmax (multi-scale, flip, --input-size)."""
     ds = PreparedDataset(tiny_bench / "target")
     ck = make_ckpt(tmp_path / "m.pt", ds.label_space, seed=2)
     folder = ds.items("val")[0][1].parent.parent  # leftImg8bit/val/<city>/...

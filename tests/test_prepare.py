@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from segadapt.data.labelspace import CITYSCAPES19
-from segadapt.data.prepare import parse_resize, prepare_cityscapes, prepare_gta5
+from segadapt.data.prepare import parse_image_size, prepare_cityscapes, prepare_gta5
 from segadapt.data.prepare.common import resize_image
 from segadapt.data.prepared import PreparedDataset
 from segadapt.errors import DataError, UsageError
@@ -165,7 +165,7 @@ def test_gta5_conversion_skips_and_stats(gta, tmp_path):
     assert lab1[0, 0] == 0 and lab1[2, 0] == 13 and lab1[3, 0] == 255 and lab1[5, 0] == 18 and lab1[5, 7] == 255
     np.testing.assert_array_equal(read_grey(out / "labels/train/00002.png"), to_train(LAB2))
     assert sorted(p.name for p in (out / "labels/train").iterdir()) == ["00001.png", "00002.png"]
-    assert not (out / "images").exists()  # no --resize: raw images are referenced, not copied
+    assert not (out / "images").exists()  # no --image-size: raw images are referenced, not copied
 
     lines = (out / "splits/train.txt").read_text().splitlines()
     assert lines == [f"00001\t{gta / 'images/00001.png'}", f"00002\t{gta / 'images/00002.png'}"]
@@ -185,7 +185,7 @@ def test_gta5_conversion_skips_and_stats(gta, tmp_path):
 
 def test_gta5_resize(gta, tmp_path):
     out = tmp_path / "small"
-    prepare_gta5(gta, out, resize="4x3")
+    prepare_gta5(gta, out, image_size="3x4")
     img = cv2.imread(str(out / "images/train/00001.png"), cv2.IMREAD_UNCHANGED)
     assert img.shape == (3, 4, 3)
     lab = read_grey(out / "labels/train/00001.png")
@@ -200,7 +200,7 @@ def test_gta5_resize(gta, tmp_path):
     assert json.loads((out / "dataset.json").read_text())["resize"] == [4, 3]
 
     big = tmp_path / "big"
-    prepare_gta5(gta, big, resize=(16, 12))
+    prepare_gta5(gta, big, image_size=(12, 16))
     assert cv2.imread(str(big / "images/train/00002.png")).shape == (12, 16, 3)
     big_lab = read_grey(big / "labels/train/00001.png")
     assert big_lab.shape == (12, 16)
@@ -213,25 +213,25 @@ def test_resize_interpolation():
     # shrinking averages (INTER_AREA): the 3x3 block holding 90 becomes 10; bilinear would sample 0
     np.testing.assert_array_equal(resize_image(img, (2, 2)), [[10, 0], [0, 0]])
     # enlarging interpolates linearly (INTER_AREA would repeat pixels: 0 0 100 100)
-    np.testing.assert_array_equal(resize_image(np.array([[0, 100]], np.uint8), (4, 1)), [[0, 25, 75, 100]])
+    np.testing.assert_array_equal(resize_image(np.array([[0, 100]], np.uint8), (1, 4)), [[0, 25, 75, 100]])
 
 
 def test_gta5_rerun_is_idempotent_and_force_redoes(gta, tmp_path):
     out = tmp_path / "gta5"
-    prepare_gta5(gta, out, resize="4x3")
+    prepare_gta5(gta, out, image_size="3x4")
     outputs = sorted(p for p in (out / "labels").rglob("*.png")) + sorted((out / "images").rglob("*.png"))
     assert len(outputs) == 4
     for p in outputs:  # mark with an old mtime: a rewrite would change it
         os.utime(p, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
     stats_before = (out / "stats/train.json").read_text()
 
-    report = prepare_gta5(gta, out, resize="4x3")
+    report = prepare_gta5(gta, out, image_size="3x4")
     assert report["kept"] == {"train": 2} and report["reused"] == {"train": 2}
     assert len(report["skipped"]) == 6  # defects are still reported
     assert all(p.stat().st_mtime_ns == 1_000_000_000_000_000_000 for p in outputs)
     assert (out / "stats/train.json").read_text() == stats_before  # counts read back from existing labels
 
-    report = prepare_gta5(gta, out, resize="4x3", force=True)
+    report = prepare_gta5(gta, out, image_size="3x4", force=True)
     assert report["reused"] == {"train": 0}
     assert all(p.stat().st_mtime_ns != 1_000_000_000_000_000_000 for p in outputs)
     assert (out / "stats/train.json").read_text() == stats_before
@@ -245,7 +245,7 @@ def test_refuses_other_raw_root_or_resize(gta, tmp_path):
     with pytest.raises(DataError, match="raw_root"):
         prepare_gta5(other, out)
     with pytest.raises(DataError, match="resize"):
-        prepare_gta5(gta, out, resize="4x3")
+        prepare_gta5(gta, out, image_size="3x4")
     assert json.loads((out / "dataset.json").read_text())["raw_root"] == str(gta)  # refused before touching it
 
     # an interrupted run (no dataset.json, only its in-progress marker) is protected the same way
@@ -281,19 +281,19 @@ def test_bad_roots_and_options(tmp_path, gta):
     assert prepare_gta5(gta, busy, force=True)["kept"] == {"train": 2}
 
 
-def test_parse_resize():
-    assert parse_resize("1280x720") == (1280, 720)
-    assert parse_resize(" 64X32 ") == (64, 32)
-    assert parse_resize(None) is None
-    assert parse_resize((8, 6)) == (8, 6)
-    for bad in ("1280", "0x720", "axb", "12x", "-5x4", "1280x720x3"):
-        with pytest.raises(UsageError, match="resize"):
-            parse_resize(bad)
+def test_parse_image_size():  # height x width
+    assert parse_image_size("720x1280") == (720, 1280)
+    assert parse_image_size(" 32X64 ") == (32, 64)
+    assert parse_image_size(None) is None
+    assert parse_image_size((6, 8)) == (6, 8)
+    for bad in ("1280", "720x0", "axb", "12x", "-5x4", "720x1280x3"):
+        with pytest.raises(UsageError, match="image-size"):
+            parse_image_size(bad)
 
 
 def test_workers_give_same_output(gta, tmp_path):
-    prepare_gta5(gta, tmp_path / "a", resize="4x3", workers=0)
-    report = prepare_gta5(gta, tmp_path / "b", resize="4x3", workers=2)
+    prepare_gta5(gta, tmp_path / "a", image_size="3x4", workers=0)
+    report = prepare_gta5(gta, tmp_path / "b", image_size="3x4", workers=2)
     assert report["kept"] == {"train": 2} and len(report["skipped"]) == 6
     for rel in ("labels/train/00001.png", "labels/train/00002.png", "images/train/00001.png",
                 "splits/train.txt", "stats/train.json"):
@@ -382,7 +382,7 @@ def test_prepared_dataset_reader(gta, tmp_path):
         ds.image_path("train", "00003")
 
     small = tmp_path / "small"
-    prepare_gta5(gta, small, resize="4x3")
+    prepare_gta5(gta, small, image_size="3x4")
     ds = PreparedDataset(small)
     assert ds.image_path("train", "00001") == small.absolute() / "images/train/00001.png"
     assert ds.image_path("train", "00001").is_file()
@@ -391,7 +391,7 @@ def test_prepared_dataset_reader(gta, tmp_path):
 def test_prepared_dataset_image_only_and_errors(tmp_path):
     raw = make_cityscapes(tmp_path / "cs")
     out = tmp_path / "out"
-    prepare_cityscapes(raw, out, resize="3x2")
+    prepare_cityscapes(raw, out, image_size="2x3")
     ds = PreparedDataset(out)
     assert ds.splits == ["train", "val", "test"]
     assert not ds.has_labels("test")

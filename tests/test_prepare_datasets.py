@@ -120,7 +120,7 @@ def png16_rgb(path: Path) -> np.ndarray:
 
 
 def test_converters_registered():
-    assert {"synthia", "bdd100k", "mapillary", "camvid", "folder"} <= set(CONVERTERS)
+    assert {"synthia", "bdd100k", "mapillary", "camvid", "folder"} <= set(CONVERTERS.names())
 
 
 # --------------------------------------------------------------------------------------- SYNTHIA

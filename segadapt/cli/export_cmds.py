@@ -8,16 +8,18 @@ from typing import Optional
 
 import typer
 
-from segadapt.cli.options import hw_pair
+from segadapt.cli.options import Weights, choices, hw_pair
 from segadapt.engine import export as X
 from segadapt.errors import UsageError
+
+ExportFormat = choices("ExportFormat", X.FORMATS)
 
 
 def export(
     ckpt: Path = typer.Option(..., "--ckpt", help="Segmentation checkpoint (warmup / self-train)."),
-    fmt: str = typer.Option(..., "--format", help="onnx, torchscript, or safetensors (a folder)."),
+    fmt: ExportFormat = typer.Option(..., "--format", help="onnx, torchscript, or safetensors (a folder)."),
     out: Path = typer.Option(..., "--out", help="Output file (.onnx / .pt), or folder for safetensors."),
-    weights: str = typer.Option("student", "--weights", help="student, or teacher (the EMA model)."),
+    weights: Weights = typer.Option(Weights.student, "--weights", help="student, or teacher (the EMA model)."),
     check_images: Optional[Path] = typer.Option(None, "--check-images",
                                                 help="Check the export on these images (default: generated ones)."),
     check_sizes: str = typer.Option("256x320,193x257", "--check-sizes",
@@ -34,7 +36,7 @@ def export(
     if check_count < 1:
         raise UsageError("--check-count must be at least 1")
     try:
-        report = X.export_model(ckpt, fmt, out, weights=weights, check_images=check_images, force=force,
+        report = X.export_model(ckpt, fmt.value, out, weights=weights.value, check_images=check_images, force=force,
                                 check_sizes=sizes, check_count=check_count)
     except X.ExportCheckError as e:  # show the numbers, then fail
         _print(e.report, json_out)

@@ -8,9 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from segadapt.cli.options import float_list, hw_pair
+from segadapt.cli.options import Amp, EvalProtocol, Fusion, Mode, Weights, float_list, hw_pair, input_size, renamed
 from segadapt.console import console
-from segadapt.data.prepare.common import parse_resize
 from segadapt.data.prepared import PreparedDataset
 from segadapt.engine import evaluate as E
 from segadapt.engine import pseudo_label as PL
@@ -19,21 +18,23 @@ from segadapt.engine.inference import Protocol
 from segadapt.engine.metrics import format_table
 from segadapt.errors import DataError, UsageError
 
-WEIGHTS = typer.Option("student", "--weights", help="student, or teacher (the EMA model).")
+WEIGHTS = typer.Option(Weights.student, "--weights", help="student, or teacher (the EMA model).")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ...")
-AMP = typer.Option("auto", "--amp", help="Mixed precision: auto (bf16/fp16 on CUDA), off, bf16, fp16.")
+AMP = typer.Option(Amp.auto, "--amp", case_sensitive=False,
+                   help="Mixed precision: auto (bf16/fp16 on CUDA), off, bf16, fp16.")
 # evaluate's inference settings, shared with `predict` so both run the model the same way
 SCALES = typer.Option("1.0", "--scales", help="Inference scales, e.g. 1.0,0.75.")
 FLIP = typer.Option(False, "--flip/--no-flip")
-FUSION = typer.Option("mean", "--fusion", help="max or mean over scales.")
-MODE = typer.Option("whole", "--mode", help="whole or slide.")
+FUSION = typer.Option(Fusion.mean, "--fusion", help="max or mean over scales.")
+MODE = typer.Option(Mode.whole, "--mode", help="whole or slide.")
 CROP = typer.Option(None, "--crop", help="Sliding window HxW.")
 STRIDE = typer.Option(None, "--stride", help="Sliding stride HxW.")
-SIZE = typer.Option(None, "--size", help="Run the model on images resized to WxH.")
+INPUT_SIZE = typer.Option(None, "--input-size", help="Run the model on images resized to HxW (height first).")
+OLD_SIZE = renamed("--size", "--input-size")  # was WxH
 
 
 def _protocol(scales, flip, fusion, mode, crop, stride) -> Protocol:
-    return Protocol(scales=float_list(scales, "--scales"), flip=flip, fusion=fusion, mode=mode,
+    return Protocol(scales=float_list(scales, "--scales"), flip=flip, fusion=fusion.value, mode=mode.value,
                     crop=hw_pair(crop, "--crop"), stride=hw_pair(stride, "--stride")).validate()
 
 
@@ -44,22 +45,24 @@ def pseudo_label(
     out: Path = typer.Option(..., "--out", help="Pseudo-label folder."),
     scales: str = typer.Option("1.0,0.5", "--scales", help="Inference scales (DiGA: max of 1.0 and 0.5)."),
     flip: bool = typer.Option(False, "--flip/--no-flip"),
-    fusion: str = typer.Option("max", "--fusion", help="max or mean over scales."),
-    mode: str = typer.Option("whole", "--mode", help="whole or slide."),
+    fusion: Fusion = typer.Option(Fusion.max, "--fusion", help="max or mean over scales."),
+    mode: Mode = MODE,
     crop: Optional[str] = typer.Option(None, "--crop", help="Sliding window HxW."),
     stride: Optional[str] = typer.Option(None, "--stride", help="Sliding stride HxW."),
-    weights: str = WEIGHTS,
+    weights: Weights = WEIGHTS,
     device: str = DEVICE,
-    amp: str = AMP,
-    size: Optional[str] = typer.Option(None, "--size", help="Run the model on images resized to WxH."),
+    amp: Amp = AMP,
+    size: Optional[str] = INPUT_SIZE,
+    old_size: Optional[str] = OLD_SIZE,
     force: bool = typer.Option(False, "--force", help="Replace a folder made by another checkpoint or protocol."),
     workers: int = typer.Option(0, "--workers", help="Image-loading processes."),
 ):
     """Offline pseudo-labels, confidence maps and class prototypes for every target image (resumable)."""
     dev = resolve_device(device)
     dataset = PreparedDataset(data)
-    manifest = PL.generate(ckpt, dataset, split, out, _protocol(scales, flip, fusion, mode, crop, stride), weights,
-                           dev, force=force, workers=workers, amp=amp_dtype(amp, dev), size=parse_resize(size))
+    manifest = PL.generate(ckpt, dataset, split, out, _protocol(scales, flip, fusion, mode, crop, stride),
+                           weights.value, dev, force=force, workers=workers, amp=amp_dtype(amp.value, dev),
+                           size=input_size(size))
     typer.echo(json.dumps({"out": str(out), "num_images": manifest["num_images"], "complete": manifest["complete"],
                            "seconds": manifest["seconds"]}))
 
@@ -70,18 +73,19 @@ def evaluate(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint to evaluate."),
     pred_dir: Optional[Path] = typer.Option(None, "--pred-dir", help="Folder of <id>.png trainId predictions."),
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
-    classes: str = typer.Option("all", "--protocol",
+    classes: EvalProtocol = typer.Option(EvalProtocol["all"], "--protocol",
                                 help="Classes scored: all, 19, or the SYNTHIA protocols 16 / 13 (reports both)."),
     scales: str = SCALES,
     flip: bool = FLIP,
-    fusion: str = FUSION,
-    mode: str = MODE,
+    fusion: Fusion = FUSION,
+    mode: Mode = MODE,
     crop: Optional[str] = CROP,
     stride: Optional[str] = STRIDE,
-    size: Optional[str] = SIZE,
-    weights: str = WEIGHTS,
+    size: Optional[str] = INPUT_SIZE,
+    old_size: Optional[str] = OLD_SIZE,
+    weights: Weights = WEIGHTS,
     device: str = DEVICE,
-    amp: str = AMP,
+    amp: Amp = AMP,
     workers: int = typer.Option(0, "--workers"),
     save_matrix: Optional[Path] = typer.Option(None, "--save-matrix",
                                                help="Also write the confusion matrix (pixel counts, classes) to this "
@@ -100,11 +104,12 @@ def evaluate(
         if save_matrix.exists() and not force:
             raise DataError(f"{save_matrix} exists; pass --force to replace it")
     dataset = PreparedDataset(data)
+    classes = classes.value
     if ckpt is not None:
         dev = resolve_device(device)
         result = E.evaluate_checkpoint(ckpt, dataset, split, _protocol(scales, flip, fusion, mode, crop, stride),
-                                       weights, dev, workers=workers, amp=amp_dtype(amp, dev),
-                                       size=parse_resize(size), classes=classes, save_matrix=save_matrix)
+                                       weights.value, dev, workers=workers, amp=amp_dtype(amp.value, dev),
+                                       size=input_size(size), classes=classes, save_matrix=save_matrix)
     else:
         result = E.evaluate_predictions(pred_dir, dataset, split, classes=classes, save_matrix=save_matrix,
                                         label_cache=label_cache)
@@ -131,14 +136,15 @@ def predict(
     out: Path = typer.Option(..., "--out", help="Output folder: labels/, color/, overlay/, confidence/, videos/."),
     scales: str = SCALES,
     flip: bool = FLIP,
-    fusion: str = FUSION,
-    mode: str = MODE,
+    fusion: Fusion = FUSION,
+    mode: Mode = MODE,
     crop: Optional[str] = CROP,
     stride: Optional[str] = STRIDE,
-    size: Optional[str] = SIZE,
-    weights: str = WEIGHTS,
+    size: Optional[str] = INPUT_SIZE,
+    old_size: Optional[str] = OLD_SIZE,
+    weights: Weights = WEIGHTS,
     device: str = DEVICE,
-    amp: str = AMP,
+    amp: Amp = AMP,
     batch_size: int = typer.Option(4, "--batch-size", help="Images (of one size) or frames per forward pass."),
     confidence: bool = typer.Option(False, "--confidence", help="Also write confidence/<key>.png (uint16, "
                                                                 "max softmax probability * 65535)."),
@@ -157,8 +163,8 @@ def predict(
                          "TorchScript export)")
     dev = resolve_device(device)
     summary = run_predict(ckpt or model, [*(inputs or []), *(more or [])], out,
-                          _protocol(scales, flip, fusion, mode, crop, stride), weights, dev,
-                          amp=amp_dtype(amp, dev), size=parse_resize(size), batch_size=batch_size,
+                          _protocol(scales, flip, fusion, mode, crop, stride), weights.value, dev,
+                          amp=amp_dtype(amp.value, dev), size=input_size(size), batch_size=batch_size,
                           confidence=confidence, force=force, alpha=alpha, legend=legend, workers=writers,
                           exported=model is not None)
     if json_out:

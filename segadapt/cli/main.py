@@ -19,7 +19,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Domain-adaptive semantic segmentation: prepare-data | warmup | pseudo-label | self-train | "
                        "evaluate | predict | export | visualize | train-translator | import-checkpoint")
 
-app.command("prepare-data", no_args_is_help=True)(prepare_cmds.prepare_data)
+app.add_typer(prepare_cmds.app, name="prepare-data")
 app.command("warmup", no_args_is_help=True)(train_cmds.warmup)
 app.command("self-train", no_args_is_help=True)(train_cmds.self_train)
 app.command("train-translator", no_args_is_help=True)(translator_cmds.train_translator)
@@ -74,8 +74,10 @@ def run() -> None:
     except Exception as e:  # noqa: BLE001 - click usage errors and unexpected failures
         # click's usage errors (Typer vendors click in newer releases, so match by shape, not class)
         if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
-            e.show()
-            sys.exit(e.exit_code)
+            if type(e).__name__ == "NoArgsIsHelpError" or not callable(getattr(e, "format_message", None)):
+                e.show()  # a command given no arguments prints its help
+                sys.exit(e.exit_code)
+            _fail(_one_line(e), e.exit_code, rank)
         if os.environ.get("SEGADAPT_DEBUG"):
             raise
         if isinstance(e, OSError):
@@ -88,6 +90,13 @@ def run() -> None:
 
             shutdown()
     sys.exit(0)
+
+
+def _one_line(e) -> str:
+    """A click usage error as one line, like every other error: the message, then where the help is."""
+    message = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    return f"{message} (see '{ctx.command_path} --help')" if ctx is not None else message
 
 
 def _fail(message: str, code: int, rank: int = 0) -> None:

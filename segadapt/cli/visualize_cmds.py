@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from segadapt.cli.options import float_list
+from segadapt.cli.options import Weights, float_list, input_size, renamed
 from segadapt.errors import UsageError
 
 app = typer.Typer(no_args_is_help=True, help="Pictures: prediction panels, training curves, confusion matrices.")
@@ -23,22 +23,23 @@ def panels(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Predict with this checkpoint."),
     pred_dir: Optional[Path] = typer.Option(None, "--pred-dir", help="Show saved <id>.png predictions."),
     pseudo_labels: Optional[Path] = typer.Option(None, "--pseudo-labels", help="Show a pseudo-label folder."),
-    weights: str = typer.Option("student", "--weights", help="student, or teacher (the EMA model)."),
+    weights: Weights = typer.Option(Weights.student, "--weights", help="student, or teacher (the EMA model)."),
     scales: str = typer.Option("1.0", "--scales"),
-    size: Optional[str] = typer.Option(None, "--size", help="Run the model on images resized to WxH."),
+    size: Optional[str] = typer.Option(None, "--input-size", help="Run the model on images resized to HxW "
+                                                                   "(height first)."),
+    old_size: Optional[str] = renamed("--size", "--input-size"),  # was WxH
     device: str = typer.Option("auto", "--device"),
 ):
     """Image | ground truth | prediction | error | confidence for the first N images of a split."""
     from segadapt.data.prepared import PreparedDataset
     from segadapt.engine.device import resolve_device
     from segadapt.engine.inference import Protocol
-    from segadapt.data.prepare.common import parse_resize
     from segadapt.viz.render import render_panels
 
     written = render_panels(PreparedDataset(data), split, out, n, ckpt=ckpt, pred_dir=pred_dir,
-                            pseudo_labels=pseudo_labels, weights=weights, device=resolve_device(device),
+                            pseudo_labels=pseudo_labels, weights=weights.value, device=resolve_device(device),
                             protocol=Protocol(scales=float_list(scales, "--scales")).validate(),
-                            size=parse_resize(size))
+                            size=input_size(size))
     typer.echo(json.dumps({"written": [str(p) for p in written]}))
 
 

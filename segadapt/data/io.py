@@ -72,7 +72,7 @@ def read_label(path: str | Path, fast: bool | None = None) -> np.ndarray:
 def read_image(path: str | Path, fast: bool | None = None) -> np.ndarray:
     """RGB uint8 (H, W, 3). Raises DataError for a missing or unreadable file.
 
-    8-bit RGB PNGs (GTA5, Cityscapes, what prepare-data --resize writes) are decoded by libspng when
+    8-bit RGB PNGs (GTA5, Cityscapes, what prepare-data --image-size writes) are decoded by libspng when
     pyspng is installed (~20% faster than OpenCV, same pixels; ``fast=False`` forces OpenCV); JPEGs,
     RGBA, grey and 16-bit images go through OpenCV, as before."""
     if fast is not False and _spng is not None:

@@ -76,7 +76,7 @@ class PreparedDataset:
                     raise DataError(f"{path}:{n}: expected '<id>\\t<image path>'")
                 i, p = parts
                 ids.append(i)
-                # relative paths are images written into the folder (--resize); absolute ones are raw images
+                # relative paths are images written into the folder (--image-size); absolute ones are raw images
                 paths[i] = Path(p) if Path(p).is_absolute() else self.root / p
             self._lists[split] = (ids, paths)
         return self._lists[split]

@@ -364,7 +364,7 @@ class ExportedRunner(nn.Module):
     """An ONNX or TorchScript export behind the Segmenter's interface, so `infer` (scales, flip,
     sliding window) runs it unchanged: takes segadapt's float 0..1 RGB batch, feeds the graph its uint8
     contract (``round(x * 255)``: exact for images read from 8-bit files, within half a grey level after
-    a --size resize), returns ``{"logits": ...}`` at input resolution (no "feat": exports hold none)."""
+    an --input-size resize), returns ``{"logits": ...}`` at input resolution (no "feat": exports hold none)."""
 
     def __init__(self, run, device: torch.device):
         super().__init__()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from segadapt.data.labelspace import IGNORE
-from segadapt.data.prepare.common import RawItem, prepare
+from segadapt.data.prepare.common import FORCE, IMAGE_SIZE, OUT, ROOT, SPLITS, WORKERS, RawItem, converter, prepare
 from segadapt.errors import DataError, UsageError
 
 KIND = "bdd100k"
@@ -82,8 +82,9 @@ def find_items(raw_root: str | Path, splits=None) -> tuple[list[RawItem], dict[s
     return items, has_labels
 
 
-def prepare_bdd100k(raw_root, out, *, splits=None, resize=None, workers: int = 0, force: bool = False) -> dict:
+@converter(KIND, ROOT, OUT, SPLITS, IMAGE_SIZE, WORKERS, FORCE)
+def prepare_bdd100k(raw_root, out, *, splits=None, image_size=None, workers: int = 0, force: bool = False) -> dict:
     """Prepare BDD100K (10k semantic segmentation) into ``out``; returns the report."""
     items, has_labels = find_items(raw_root, splits)
     return prepare(KIND, items, BddLabels(), LABEL_SPACE, raw_root, out,
-                   resize=resize, workers=workers, force=force, has_labels=has_labels)
+                   image_size=image_size, workers=workers, force=force, has_labels=has_labels)

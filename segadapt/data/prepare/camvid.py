@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from segadapt.data.labelspace import CAMVID11, IGNORE
-from segadapt.data.prepare.common import RawItem, prepare
+from segadapt.data.prepare.common import (FORCE, IMAGE_SIZE, OUT, ROOT, SPLITS, WORKERS, ConverterOption, RawItem,
+                                          converter, prepare)
 from segadapt.errors import DataError, UsageError
 
 KIND = "camvid"
@@ -50,6 +51,10 @@ def parse_sequences(sequences) -> list[str] | None:
     if bad:
         raise UsageError(f"bad CamVid sequence name '{bad[0]}': use the part of the file name before '_', e.g. 0001TP")
     return names or None
+
+
+SEQUENCES = ConverterOption("sequences", "--sequences", str,
+                            "Keep only these sequences, e.g. 0001TP,0006R0.", None, parse_sequences)
 
 
 def _sequence(name: str) -> str:
@@ -101,9 +106,10 @@ def find_items(raw_root: str | Path, splits=None, sequences=None) -> tuple[list[
     return items, has_labels
 
 
-def prepare_camvid(raw_root, out, *, splits=None, sequences=None, resize=None, workers: int = 0,
+@converter(KIND, ROOT, OUT, SPLITS, SEQUENCES, IMAGE_SIZE, WORKERS, FORCE)
+def prepare_camvid(raw_root, out, *, splits=None, sequences=None, image_size=None, workers: int = 0,
                    force: bool = False) -> dict:
     """Prepare CamVid (SegNet 11 classes) into ``out``; returns the report (see ``common.prepare``)."""
     items, has_labels = find_items(raw_root, splits, sequences)
     return prepare(KIND, items, CamVidLabels(), LABEL_SPACE, raw_root, out,
-                   resize=resize, workers=workers, force=force, has_labels=has_labels)
+                   image_size=image_size, workers=workers, force=force, has_labels=has_labels)

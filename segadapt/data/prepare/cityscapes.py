@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 from segadapt.data.labelspace import CITYSCAPES_LABELID_TO_TRAINID
-from segadapt.data.prepare.common import LutLabels, RawItem, prepare
+from segadapt.data.prepare.common import (FORCE, IMAGE_SIZE, OUT, ROOT, SPLITS, WORKERS, LutLabels, RawItem, converter,
+                                          prepare)
 from segadapt.errors import DataError, UsageError
 
 KIND = "cityscapes"
@@ -61,8 +62,9 @@ def find_items(raw_root: str | Path, splits=None) -> tuple[list[RawItem], dict[s
     return items, has_labels
 
 
-def prepare_cityscapes(raw_root, out, *, splits=None, resize=None, workers: int = 0, force: bool = False) -> dict:
+@converter(KIND, ROOT, OUT, SPLITS, IMAGE_SIZE, WORKERS, FORCE)
+def prepare_cityscapes(raw_root, out, *, splits=None, image_size=None, workers: int = 0, force: bool = False) -> dict:
     """Prepare Cityscapes into ``out``; returns the report (see ``common.prepare``)."""
     items, has_labels = find_items(raw_root, splits)
     return prepare(KIND, items, LutLabels(CITYSCAPES_LABELID_TO_TRAINID), LABEL_SPACE, raw_root, out,
-                   resize=resize, workers=workers, force=force, has_labels=has_labels)
+                   image_size=image_size, workers=workers, force=force, has_labels=has_labels)

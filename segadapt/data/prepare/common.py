@@ -3,7 +3,7 @@
 A converter supplies only what is specific to its raw layout: a list of ``RawItem`` (split, id, raw
 image path, raw label path or None), a picklable label-conversion function (raw label array ->
 trainId uint8, 255 = ignore) and a label-space name. ``prepare`` then validates each pair, writes
-trainId labels (and resized images with ``resize``), per-image class counts, split lists and the
+trainId labels (and resized images with ``image_size``), per-image class counts, split lists and the
 report, and finally ``dataset.json``: the folder contract read by ``segadapt.data.prepared``.
 
 Defects in real data (unreadable files, label size != image size, missing or blank labels) are
@@ -16,10 +16,11 @@ import os
 import re
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -28,6 +29,7 @@ from segadapt.console import log, progress
 from segadapt.data.io import read_image, read_json, read_label, write_json, write_png, write_text
 from segadapt.data.labelspace import IGNORE, get_label_space, labelid_lut
 from segadapt.errors import DataError, UsageError
+from segadapt.registry import Registry
 
 FORMAT = "segadapt-prepared"
 VERSION = 1
@@ -76,41 +78,42 @@ class LutLabels:
         return self.lut[raw]
 
 
-def parse_resize(text) -> tuple[int, int] | None:
-    """'1280x720' -> (1280, 720). None/'' -> None; a (W, H) pair passes through after checking."""
+def parse_image_size(text, option: str = "--image-size") -> tuple[int, int] | None:
+    """'720x1280' (height x width, PyTorch's order) -> (720, 1280). None/'' -> None; an (H, W) pair
+    passes through after checking. ``option`` names the setting in messages."""
     if text is None or text == "":
         return None
     if isinstance(text, (tuple, list)):
         if len(text) != 2:
-            raise UsageError(f"resize must be a (width, height) pair, got {text!r}")
-        w, h = text
+            raise UsageError(f"{option} must be a (height, width) pair, got {text!r}")
+        h, w = text
     else:
         m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
         if not m:
-            raise UsageError(f"bad --resize '{text}': expected WIDTHxHEIGHT, e.g. 1280x720")
-        w, h = m.groups()
+            raise UsageError(f"bad {option} '{text}': expected HEIGHTxWIDTH, e.g. 720x1280")
+        h, w = m.groups()
     try:
-        w, h = int(w), int(h)
+        h, w = int(h), int(w)
     except (TypeError, ValueError):
-        raise UsageError(f"bad resize {text!r}: width and height must be integers") from None
-    if not (1 <= w <= 32768 and 1 <= h <= 32768):
-        raise UsageError(f"bad resize {text!r}: width and height must be between 1 and 32768")
-    return (w, h)
+        raise UsageError(f"bad {option} {text!r}: height and width must be integers") from None
+    if not (1 <= h <= 32768 and 1 <= w <= 32768):
+        raise UsageError(f"bad {option} {text!r}: height and width must be between 1 and 32768")
+    return (h, w)
 
 
 def resize_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """INTER_AREA when shrinking (averages, no aliasing), INTER_LINEAR when enlarging."""
-    w, h = size
-    if (img.shape[1], img.shape[0]) == (w, h):
+    """To ``size`` (H, W). INTER_AREA when shrinking (averages, no aliasing), INTER_LINEAR when enlarging."""
+    h, w = size
+    if img.shape[:2] == (h, w):
         return img
     shrink = w <= img.shape[1] and h <= img.shape[0]
     return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest neighbour: labels are ids, interpolating them would invent classes."""
-    w, h = size
-    if (label.shape[1], label.shape[0]) == (w, h):
+    """To ``size`` (H, W), nearest neighbour: labels are ids, interpolating them would invent classes."""
+    h, w = size
+    if label.shape[:2] == (h, w):
         return label
     return cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST)
 
@@ -126,7 +129,7 @@ def class_counts(label: np.ndarray, num_classes: int) -> list[int]:
 @dataclass(frozen=True)
 class _Job:
     out: str
-    resize: tuple[int, int] | None
+    image_size: tuple[int, int] | None  # (H, W)
     convert_label: Callable[[np.ndarray], np.ndarray]
     read_raw_label: Callable[[Path], np.ndarray]
     num_classes: int
@@ -167,7 +170,7 @@ def _process(job: _Job, task: tuple[RawItem, bool, bool]) -> tuple:
         return ("skip", _skip(item, LABEL_MISSING, f"no label for image {item.image}"))
     if item.label is not None and not item.label.is_file():
         return ("skip", _skip(item, LABEL_MISSING, f"no label file {item.label}"))
-    img_out = out / "images" / item.split / f"{item.id}.png" if job.resize else None
+    img_out = out / "images" / item.split / f"{item.id}.png" if job.image_size else None
     lab_out = out / "labels" / item.split / f"{item.id}.png" if item.label is not None else None
 
     # Idempotence: outputs are written atomically, label last, so an existing label means a
@@ -176,7 +179,7 @@ def _process(job: _Job, task: tuple[RawItem, bool, bool]) -> tuple:
         if lab_out is not None and lab_out.is_file() and (img_out is None or img_out.is_file()):
             try:
                 lab = read_label(lab_out)
-                if job.resize is None or (lab.shape[1], lab.shape[0]) == tuple(job.resize):
+                if job.image_size is None or lab.shape[:2] == tuple(job.image_size):
                     return ("kept", item.split, item.id, class_counts(lab, job.num_classes), True)
             except DataError:
                 pass  # unreadable output (should not happen): convert again
@@ -200,11 +203,11 @@ def _process(job: _Job, task: tuple[RawItem, bool, bool]) -> tuple:
             return ("skip", _skip(item, LABEL_INVALID, str(e)))
         if job.skip_blank and not (lab != IGNORE).any():
             return ("skip", _skip(item, BLANK_LABEL, "every pixel maps to ignore (255)"))
-    if job.resize:
-        write_png(img_out, resize_image(img, job.resize), rgb=True)
+    if job.image_size:
+        write_png(img_out, resize_image(img, job.image_size), rgb=True)
     if lab is not None:
-        if job.resize:
-            lab = resize_label(lab, job.resize)
+        if job.image_size:
+            lab = resize_label(lab, job.image_size)
         write_png(lab_out, lab, rgb=False)
         return ("kept", item.split, item.id, class_counts(lab, job.num_classes), False)
     return ("kept", item.split, item.id, None, False)
@@ -279,7 +282,7 @@ def prepare(
     raw_root: str | Path,
     out: str | Path,
     *,
-    resize=None,
+    image_size=None,
     workers: int = 0,
     force: bool = False,
     has_labels: dict[str, bool] | None = None,
@@ -289,6 +292,7 @@ def prepare(
     conversion_name: str = "label conversion",
 ) -> dict:
     """Convert ``items`` into the prepared folder ``out`` and return the report (also report.json).
+    ``image_size`` (H, W) or 'HxW': write images and labels resized to it.
 
     ``convert_label`` must be picklable when ``workers`` > 0 (a module-level function or an object
     such as ``LutLabels``). ``has_labels`` (split -> bool) defaults to: a split has labels when any
@@ -300,7 +304,9 @@ def prepare(
     recorded in dataset.json; ``conversion_name`` names it in the error."""
     raw_root = Path(os.path.abspath(Path(raw_root).expanduser()))
     out = Path(os.path.abspath(Path(out).expanduser()))
-    resize = parse_resize(resize)
+    image_size = parse_image_size(image_size)
+    # dataset.json records the size as "resize": [W, H] (the folder format, read by PreparedDataset)
+    resize = (image_size[1], image_size[0]) if image_size else None
     if not isinstance(workers, int) or workers < 0:
         raise UsageError(f"--workers must be 0 (in-process) or a positive number, got {workers!r}")
     space = get_label_space(label_space)
@@ -345,12 +351,12 @@ def prepare(
                                    **conv_meta, "splits": kept_before, "has_labels": labels_before})
     (out / "dataset.json").unlink(missing_ok=True)  # from here on the folder is unfinished
 
-    # Image-only items without --resize write nothing; the previous split list says which raw
+    # Image-only items without --image-size write nothing; the previous split list says which raw
     # images were already validated, so a re-run does not decode them all again.
     listed = {s: _read_split_file(out / "splits" / f"{s}.txt") for s in splits} if (same and not force) else {}
     tasks = [(it, labelled[it.split], listed.get(it.split, {}).get(it.id) == str(it.image)) for it in items]
 
-    job = _Job(str(out), resize, convert_label, read_raw_label, space.num_classes, force, skip_blank)
+    job = _Job(str(out), image_size, convert_label, read_raw_label, space.num_classes, force, skip_blank)
     fn = partial(_process, job)
     results = []
     with progress(len(tasks), f"prepare {kind}") as advance:
@@ -416,3 +422,69 @@ def prepare(
     for reason, n in sorted(Counter(e["reason"] for e in skipped).items()):
         log(f"skipped {n} x {reason} (details in {out / 'report.json'})")
     return report
+
+
+# --------------------------------------------------------------------------------------------------
+# the converter registry: `segadapt prepare-data NAME` is generated from it, one subcommand each
+
+
+@dataclass(frozen=True)
+class ConverterOption:
+    """One setting a converter takes, described as data so that the data layer needs no CLI library:
+    the command line shows it as ``flag`` and passes ``parse(value)`` as keyword ``param``."""
+
+    param: str  # the converter function's keyword
+    flag: str  # its command-line spelling
+    type: type  # str, int, float, Path, or bool (an on/off flag)
+    help: str
+    default: Any = None  # ... (Ellipsis) = required
+    parse: Callable[[Any], Any] | None = None  # command-line value -> the value the converter takes
+
+
+@dataclass(frozen=True)
+class Converter:
+    name: str
+    fn: Callable[..., dict]  # fn(**{option.param: value}) -> report {"kept": ..., "skipped": ...}
+    options: tuple[ConverterOption, ...]
+    help: str
+
+
+CONVERTERS: Registry[Converter] = Registry("dataset converter")
+
+
+def converter(name: str, *options: ConverterOption, help: str | None = None):
+    """Decorator: register ``fn`` as converter ``name`` taking ``options`` (and return it unchanged).
+    ``help`` defaults to the first paragraph of the converter module's docstring (its raw layout)."""
+    def add(fn):
+        doc = help or (sys.modules[fn.__module__].__doc__ or fn.__doc__ or "").strip().split("\n\n")[0]
+        CONVERTERS.register(name)(Converter(name, fn, tuple(options), " ".join(doc.replace("``", "`").split())))
+        return fn
+    return add
+
+
+def parse_splits(text) -> list[str] | None:
+    """'train,val' -> ['train', 'val']; None -> None (the converter's default splits)."""
+    if text is None:
+        return None
+    names = [s.strip() for s in str(text).split(",") if s.strip()]
+    if not names:
+        raise UsageError("--splits is empty")
+    return names
+
+
+def check_workers(n: int) -> int:
+    if n < 0:
+        raise UsageError("--workers must be >= 0")
+    return n
+
+
+# the options most converters share
+ROOT = ConverterOption("raw_root", "--root", Path, "Raw dataset folder (never written to).", ...)
+OUT = ConverterOption("out", "--out", Path, "Prepared folder to write.", ...)
+IMAGE_SIZE = ConverterOption("image_size", "--image-size", str,
+                             "Write resized copies, HxW (height first, e.g. 720x1280).", None, parse_image_size)
+SPLITS = ConverterOption("splits", "--splits", str, "Comma-separated splits (default: every split found).", None,
+                         parse_splits)
+WORKERS = ConverterOption("workers", "--workers", int, "Parallel conversion processes (0 = in-process).", 2,
+                          check_workers)
+FORCE = ConverterOption("force", "--force", bool, "Redo finished work / replace a different preparation.", False)

@@ -25,7 +25,8 @@ import yaml
 
 from segadapt.data.io import read_label
 from segadapt.data.labelspace import IGNORE, LABEL_SPACES, LabelSpace
-from segadapt.data.prepare.common import RawItem, prepare
+from segadapt.data.prepare.common import (FORCE, IMAGE_SIZE, OUT, ROOT, SPLITS, WORKERS, ConverterOption, RawItem,
+                                          converter, prepare)
 from segadapt.errors import DataError, UsageError
 
 KIND = "folder"
@@ -213,17 +214,25 @@ def find_items(raw_root: str | Path, splits=None) -> tuple[list[RawItem], dict[s
     return items, has_labels
 
 
+CLASSES = ConverterOption("classes", "--classes", Path, "YAML file naming the raw label values (name, classes, ignore).",
+                          ...)
+
+
 def _classes_record(space: LabelSpace, mapping: dict[int, int], ignore: list[int]) -> dict:
     return {"label_space": space.to_dict(), "values": [[v, t] for v, t in sorted(mapping.items())], "ignore": list(ignore)}
 
 
-def prepare_folder(raw_root, out, *, classes, splits=None, resize=None, workers: int = 0, force: bool = False) -> dict:
+@converter(KIND, ROOT, OUT, CLASSES, SPLITS, IMAGE_SIZE, WORKERS, FORCE,
+           help="A user's own data: `RAW/images/` + `RAW/labels/` (same stem; images png/jpg/jpeg, labels png), "
+                "described by a --classes YAML file (name, classes, ignore).")
+def prepare_folder(raw_root, out, *, classes, splits=None, image_size=None, workers: int = 0,
+                   force: bool = False) -> dict:
     """Prepare ``RAW/images`` + ``RAW/labels`` described by the ``classes`` YAML file into ``out``.
     The raw value -> trainId mapping used is recorded in dataset.json ("conversion"): a re-run with another
     classes file is refused unless forced, since finished labels would be reused."""
     space, mapping, ignore = load_classes(classes)
     items, has_labels = find_items(raw_root, splits)
     convert = FolderLabels(mapping, ignore, Path(classes).name)
-    return prepare(KIND, items, convert, space, raw_root, out, resize=resize, workers=workers, force=force,
-                   has_labels=has_labels, read_raw_label=read_folder_label,
+    return prepare(KIND, items, convert, space, raw_root, out, image_size=image_size, workers=workers,
+                   force=force, has_labels=has_labels, read_raw_label=read_folder_label,
                    conversion=_classes_record(space, mapping, ignore), conversion_name="classes file")

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from segadapt.data.labelspace import CITYSCAPES_LABELID_TO_TRAINID
-from segadapt.data.prepare.common import LutLabels, RawItem, prepare
+from segadapt.data.prepare.common import FORCE, IMAGE_SIZE, OUT, ROOT, WORKERS, LutLabels, RawItem, converter, prepare
 from segadapt.errors import DataError
 
 KIND = "gta5"
@@ -37,8 +37,9 @@ def find_items(raw_root: str | Path) -> list[RawItem]:
     return [RawItem("train", s, images / f"{s}.png", labels / f"{s}.png") for s in sorted(img | lab)]
 
 
-def prepare_gta5(raw_root, out, *, resize=None, workers: int = 0, force: bool = False) -> dict:
+@converter(KIND, ROOT, OUT, IMAGE_SIZE, WORKERS, FORCE)
+def prepare_gta5(raw_root, out, *, image_size=None, workers: int = 0, force: bool = False) -> dict:
     """Prepare GTA5 into ``out``; returns the report (see ``common.prepare``)."""
     items = find_items(raw_root)
     return prepare(KIND, items, LutLabels(CITYSCAPES_LABELID_TO_TRAINID), LABEL_SPACE, raw_root, out,
-                   resize=resize, workers=workers, force=force)
+                   image_size=image_size, workers=workers, force=force)

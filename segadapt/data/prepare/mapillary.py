@@ -20,7 +20,8 @@ import numpy as np
 import yaml
 
 from segadapt.data.labelspace import CITYSCAPES19, labelid_lut
-from segadapt.data.prepare.common import RawItem, prepare
+from segadapt.data.prepare.common import (FORCE, IMAGE_SIZE, OUT, ROOT, SPLITS, WORKERS, ConverterOption, RawItem,
+                                          converter, prepare)
 from segadapt.errors import DataError, UsageError
 
 KIND = "mapillary"
@@ -37,6 +38,10 @@ def check_version(version: str) -> str:
     if version not in VERSIONS:
         raise UsageError(f"unknown Mapillary version '{version}' (supported: {', '.join(VERSIONS)})")
     return version
+
+
+# checked before --root is looked at: a usage error comes first
+VERSION = ConverterOption("version", "--version", str, "Label version (v1.2, the default).", "v1.2", check_version)
 
 
 def mapping_file(version: str = "v1.2") -> Path:
@@ -151,11 +156,12 @@ def find_items(raw_root: str | Path, splits=None, version: str = "v1.2") -> tupl
     return items, has_labels
 
 
-def prepare_mapillary(raw_root, out, *, splits=None, version: str = "v1.2", resize=None, workers: int = 0,
+@converter(KIND, ROOT, OUT, SPLITS, VERSION, IMAGE_SIZE, WORKERS, FORCE)
+def prepare_mapillary(raw_root, out, *, splits=None, version: str = "v1.2", image_size=None, workers: int = 0,
                       force: bool = False) -> dict:
     """Prepare Mapillary Vistas (``version`` labels, mapped to Cityscapes' 19 classes) into ``out``."""
     check_version(version)
     convert = MapillaryLabels(load_mapping(version), VERSIONS[version])
     items, has_labels = find_items(raw_root, splits, version)
     return prepare(KIND, items, convert, LABEL_SPACE, raw_root, out,
-                   resize=resize, workers=workers, force=force, has_labels=has_labels)
+                   image_size=image_size, workers=workers, force=force, has_labels=has_labels)

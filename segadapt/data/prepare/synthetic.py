@@ -11,6 +11,7 @@ from pathlib import Path
 from segadapt.console import log
 from segadapt.data.io import read_json, write_json
 from segadapt.data.prepare.cityscapes import prepare_cityscapes
+from segadapt.data.prepare.common import FORCE, WORKERS, ConverterOption, converter, parse_image_size
 from segadapt.data.prepare.gta5 import prepare_gta5
 from segadapt.errors import DataError
 
@@ -42,3 +43,21 @@ def prepare_synthetic(out, *, seed=0, n_source=500, n_target_train=300, n_target
     tgt = prepare_cityscapes(raw / "cityscapes", out / "target", workers=workers, force=force or force_convert)
     kept = {"source": src["kept"], "target": tgt["kept"]}
     return {"kept": kept, "skipped": len(src["skipped"]) + len(tgt["skipped"])}
+
+
+@converter("synthetic",
+           ConverterOption("out", "--out", Path, "Folder to write: raw/, source/, target/.", ...),
+           ConverterOption("seed", "--seed", int, "Scene seed.", 0),
+           ConverterOption("n_source", "--n-source", int, "Source images.", 500),
+           ConverterOption("n_target_train", "--n-target-train", int, "Target train images.", 300),
+           ConverterOption("n_target_val", "--n-target-val", int, "Target val images.", 100),
+           ConverterOption("image_size", "--image-size", str, "Image size HxW (height first).", "128x256",
+                           parse_image_size),
+           ConverterOption("shift", "--shift", float, "Appearance shift strength in [0, 1].", 1.0),
+           WORKERS, FORCE,
+           help="The embedded synthetic benchmark: generate raw GTA5-layout source and Cityscapes-layout target "
+                "scenes and prepare them (OUT/raw, OUT/source, OUT/target).")
+def prepare_synthetic_benchmark(out, *, image_size=(128, 256), **settings) -> dict:
+    """``prepare_synthetic`` with the size as (H, W), the order of every size on the command line."""
+    height, width = parse_image_size(image_size)
+    return prepare_synthetic(out, width=width, height=height, **settings)

@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from segadapt.data.prepare.common import LutLabels, RawItem, prepare
+from segadapt.data.prepare.common import FORCE, IMAGE_SIZE, OUT, ROOT, WORKERS, LutLabels, RawItem, converter, prepare
 from segadapt.errors import DataError
 
 KIND = "synthia"
@@ -91,8 +91,9 @@ def find_items(raw_root: str | Path) -> list[RawItem]:
             for rel in sorted(img | lab)]
 
 
-def prepare_synthia(raw_root, out, *, resize=None, workers: int = 0, force: bool = False) -> dict:
+@converter(KIND, ROOT, OUT, IMAGE_SIZE, WORKERS, FORCE)
+def prepare_synthia(raw_root, out, *, image_size=None, workers: int = 0, force: bool = False) -> dict:
     """Prepare SYNTHIA into ``out``; returns the report (see ``common.prepare``)."""
     items = find_items(raw_root)
     return prepare(KIND, items, LutLabels(SYNTHIA_TO_TRAINID), LABEL_SPACE, raw_root, out,
-                   resize=resize, workers=workers, force=force, read_raw_label=read_synthia_label)
+                   image_size=image_size, workers=workers, force=force, read_raw_label=read_synthia_label)
