@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from segadapt.cli.options import float_list, hw_pair
+from segadapt.cli.options import float_list, hw_pair, with_options
 from segadapt.console import console
 from segadapt.data.prepare.common import parse_resize
 from segadapt.data.prepared import PreparedDataset
@@ -30,6 +30,9 @@ MODE = typer.Option("whole", "--mode", help="whole or slide.")
 CROP = typer.Option(None, "--crop", help="Sliding window HxW.")
 STRIDE = typer.Option(None, "--stride", help="Sliding stride HxW.")
 SIZE = typer.Option(None, "--size", help="Run the model on images resized to WxH.")
+INFERENCE_OPTIONS = {"scales": (str, SCALES), "flip": (bool, FLIP), "fusion": (str, FUSION), "mode": (str, MODE),
+                     "crop": (Optional[str], CROP), "stride": (Optional[str], STRIDE), "size": (Optional[str], SIZE),
+                     "weights": (str, WEIGHTS), "device": (str, DEVICE), "amp": (str, AMP)}
 
 
 def _protocol(scales, flip, fusion, mode, crop, stride) -> Protocol:
@@ -64,6 +67,7 @@ def pseudo_label(
                            "seconds": manifest["seconds"]}))
 
 
+@with_options(INFERENCE_OPTIONS)
 def evaluate(
     data: Path = typer.Option(..., "--data", help="Prepared dataset with labels."),
     split: str = typer.Option("val", "--split"),
@@ -72,16 +76,6 @@ def evaluate(
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
     classes: str = typer.Option("all", "--protocol",
                                 help="Classes scored: all, 19, or the SYNTHIA protocols 16 / 13 (reports both)."),
-    scales: str = SCALES,
-    flip: bool = FLIP,
-    fusion: str = FUSION,
-    mode: str = MODE,
-    crop: Optional[str] = CROP,
-    stride: Optional[str] = STRIDE,
-    size: Optional[str] = SIZE,
-    weights: str = WEIGHTS,
-    device: str = DEVICE,
-    amp: str = AMP,
     workers: int = typer.Option(0, "--workers"),
     save_matrix: Optional[Path] = typer.Option(None, "--save-matrix",
                                                help="Also write the confusion matrix (pixel counts, classes) to this "
@@ -90,8 +84,10 @@ def evaluate(
     label_cache: bool = typer.Option(True, "--label-cache/--no-label-cache",
                                      help="--pred-dir: keep the decoded ground truth in labels/<split>.labelcache "
                                           "(built on the first run, rebuilt when a label file changes)."),
+    **inference,
 ):
     """Per-class IoU and mIoU from one confusion matrix over the split."""
+    scales, flip, fusion, mode, crop, stride, size, weights, device, amp = (inference[k] for k in INFERENCE_OPTIONS)
     if (ckpt is None) == (pred_dir is None):
         raise UsageError("give exactly one of --ckpt or --pred-dir")
     if save_matrix is not None:  # checked before a long evaluation, not after
@@ -117,6 +113,7 @@ def evaluate(
         console.print(f"protocol: {json.dumps(result['protocol'])}", highlight=False)
 
 
+@with_options(INFERENCE_OPTIONS)
 def predict(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Trained segmentation checkpoint or safetensors "
                                                             "export folder (label space and palette come from it)."),
@@ -129,16 +126,6 @@ def predict(
     more: Optional[List[str]] = typer.Argument(None, help="More inputs (what a shell glob after --input expands to).",
                                                show_default=False),
     out: Path = typer.Option(..., "--out", help="Output folder: labels/, color/, overlay/, confidence/, videos/."),
-    scales: str = SCALES,
-    flip: bool = FLIP,
-    fusion: str = FUSION,
-    mode: str = MODE,
-    crop: Optional[str] = CROP,
-    stride: Optional[str] = STRIDE,
-    size: Optional[str] = SIZE,
-    weights: str = WEIGHTS,
-    device: str = DEVICE,
-    amp: str = AMP,
     batch_size: int = typer.Option(4, "--batch-size", help="Images (of one size) or frames per forward pass."),
     confidence: bool = typer.Option(False, "--confidence", help="Also write confidence/<key>.png (uint16, "
                                                                 "max softmax probability * 65535)."),
@@ -147,9 +134,11 @@ def predict(
     writers: int = typer.Option(2, "--writers", help="Threads that colour, blend and write the outputs."),
     force: bool = typer.Option(False, "--force", help="Redo finished outputs; replace another model's folder."),
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON summary on stdout."),
+    **inference,
 ):
     """Predict images, folders, globs and videos: trainId, colour and overlay PNGs (+ confidence), and an
     overlay video per video (resumable; unreadable inputs are reported, skipped, and exit 1 at the end)."""
+    scales, flip, fusion, mode, crop, stride, size, weights, device, amp = (inference[k] for k in INFERENCE_OPTIONS)
     from segadapt.engine.predict import predict as run_predict
 
     if (ckpt is None) == (model is None):
