@@ -19,8 +19,8 @@ from segadapt.engine.device import resolve_device
 from segadapt.engine.inference import load_model
 from segadapt.engine.pseudo_label import load_pseudo_labels
 from segadapt.engine.runlog import check_log_config
-from segadapt.engine.trainer import Trainer, check_resume_config, load_resume, prepare_run_dir, seed_everything
-from segadapt.errors import DataError, SegadaptError, UsageError
+from segadapt.engine.trainer import Trainer, seed_everything, start_run
+from segadapt.errors import DataError, UsageError
 from segadapt.methods import method_class
 from segadapt.models import model_signature
 from segadapt.models.segmenter import build_segmenter
@@ -96,29 +96,6 @@ def _target_items(tgt, cfg):
     return [(i, p, None) for i, p, _ in tgt.items(cfg["data"]["target_split"])]  # target labels never reach training
 
 
-def _start(out: Path, cfg: dict, resume: bool, force: bool):
-    """Lock and check the run folder on rank 0, then load the checkpoint to resume on every rank."""
-    outcome = None
-    if D.info().is_main:
-        try:
-            RunLock(out).acquire()
-            outcome = prepare_run_dir(out, resume, force)
-        except SegadaptError as e:
-            outcome = e
-    outcome = D.broadcast_object(outcome)  # the other ranks fail with rank 0's error instead of hanging
-    if isinstance(outcome, SegadaptError):
-        raise outcome
-    resuming = outcome
-    ckpt = None
-    if resuming:
-        ckpt = load_resume(out)
-        check_resume_config(ckpt, cfg, out)
-        log(f"resuming {out} at iteration {ckpt['iteration']}")
-    elif resume:
-        log(f"nothing to resume in {out}; starting from iteration 0")
-    return ckpt
-
-
 def _sync_bn(student, cfg: dict, device):
     """BatchNorm over the global batch when asked for and several GPUs train together."""
     if not cfg["train"].get("sync_bn") or D.info().world_size == 1:
@@ -132,7 +109,7 @@ def run_warmup(*, config: str, source: Path, target: Path | None, out: Path, ove
                resume=False, force=False) -> dict:
     cfg = resolve_train_config(config, list(overrides), method, iters, "warmup")
     src, tgt = _open_pair(source, target, cfg)
-    resume_ckpt = _start(out, cfg, resume, force)
+    resume_ckpt = start_run(out, cfg, resume, force)
     try:
         return _warmup(cfg, src, tgt, out, resume_ckpt)
     finally:
@@ -178,7 +155,7 @@ def run_self_train(*, config: str, ckpt: Path, pseudo_labels: Path, source: Path
     if manifest.get("checkpoint_sha256") != sha and not allow_other_checkpoint:
         raise DataError(f"pseudo-labels in {pseudo_labels} were made by another checkpoint ({manifest.get('checkpoint')}); "
                         "pass --allow-other-checkpoint if that is intended")
-    resume_ckpt = _start(out, cfg, resume, force)
+    resume_ckpt = start_run(out, cfg, resume, force)
     try:
         return _self_train(cfg, src, tgt, out, resume_ckpt, device, init_model, init_ls, ckpt, sha, pseudo_labels,
                            prototypes, tsplit)

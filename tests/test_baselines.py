@@ -17,8 +17,9 @@ from segadapt.engine import pseudo_label as PL
 from segadapt.engine.inference import Protocol
 from segadapt.errors import DataError, UsageError
 from segadapt.methods import METHODS, method_class
+from segadapt.methods.common import weighted_seg_ce
 from segadapt.methods.dacs import (DacsSelfTrain, DacsWarmup, class_mix, confidence_weight, mixed_pixel_weight,
-                                   teacher_pseudo_labels, weighted_seg_ce)
+                                   teacher_pseudo_labels)
 from segadapt.methods.source_only import SourceOnly
 from segadapt.methods.threshold import (ThresholdSelfTrain, class_balanced_thresholds, fixed_thresholds,
                                         threshold_pseudo_labels)
@@ -60,8 +61,8 @@ def test_dacs_mixed_weight_and_weighted_ce_by_hand():
     lg[0, 0, 0, 0] = math.log(3.0)  # pixel 0: p(class 0) = 0.75; pixels 1-2 uniform
     label = torch.tensor([[[0, 1, IGNORE]]])
     expected = (1.0 * -math.log(0.75) + 0.25 * -math.log(0.5)) / 2  # ignored pixel: not in the sum nor the count
-    assert weighted_seg_ce(lg, label, w).item() == pytest.approx(expected, abs=1e-6)
-    assert weighted_seg_ce(lg, torch.full((1, 1, 3), IGNORE), w).item() == 0.0
+    assert weighted_seg_ce(lg, label, pixel_weight=w).item() == pytest.approx(expected, abs=1e-6)
+    assert weighted_seg_ce(lg, torch.full((1, 1, 3), IGNORE), pixel_weight=w).item() == 0.0
 
 
 def test_classmix_pastes_half_of_the_source_classes_with_their_labels():

@@ -8,9 +8,8 @@ import torch
 from segadapt.data.labelspace import IGNORE
 from segadapt.data.mixing import class_mix_mask, fda, mix, photometric
 from segadapt.engine.ema import ema_alpha, ema_update
-from segadapt.methods.base import seg_ce, soft_ce
-from segadapt.methods.diga import (cdmix, class_feature_means, dps_select, nearest_prototype, skd_loss,
-                                   update_prototypes)
+from segadapt.methods.common import class_feature_means, seg_ce, soft_ce
+from segadapt.methods.diga import cdmix, dps_select, nearest_prototype, skd_loss, update_prototypes
 
 
 def logits(*vals):

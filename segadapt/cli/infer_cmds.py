@@ -8,7 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from segadapt.cli.options import Amp, EvalProtocol, Fusion, Mode, Weights, float_list, hw_pair, input_size, renamed
+from segadapt.cli.options import (Amp, EvalProtocol, Fusion, Mode, Weights, float_list, hw_pair, input_size, renamed,
+                                  with_options)
 from segadapt.console import console
 from segadapt.data.prepared import PreparedDataset
 from segadapt.engine import evaluate as E
@@ -31,6 +32,10 @@ CROP = typer.Option(None, "--crop", help="Sliding window HxW.")
 STRIDE = typer.Option(None, "--stride", help="Sliding stride HxW.")
 INPUT_SIZE = typer.Option(None, "--input-size", help="Run the model on images resized to HxW (height first).")
 OLD_SIZE = renamed("--size", "--input-size")  # was WxH
+INFERENCE_OPTIONS = {"scales": (str, SCALES), "flip": (bool, FLIP), "fusion": (Fusion, FUSION), "mode": (Mode, MODE),
+                     "crop": (Optional[str], CROP), "stride": (Optional[str], STRIDE),
+                     "size": (Optional[str], INPUT_SIZE), "old_size": (Optional[str], OLD_SIZE),
+                     "weights": (Weights, WEIGHTS), "device": (str, DEVICE), "amp": (Amp, AMP)}
 
 
 def _protocol(scales, flip, fusion, mode, crop, stride) -> Protocol:
@@ -67,6 +72,7 @@ def pseudo_label(
                            "seconds": manifest["seconds"]}))
 
 
+@with_options(INFERENCE_OPTIONS)
 def evaluate(
     data: Path = typer.Option(..., "--data", help="Prepared dataset with labels."),
     split: str = typer.Option("val", "--split"),
@@ -75,17 +81,6 @@ def evaluate(
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
     classes: EvalProtocol = typer.Option(EvalProtocol["all"], "--protocol",
                                 help="Classes scored: all, 19, or the SYNTHIA protocols 16 / 13 (reports both)."),
-    scales: str = SCALES,
-    flip: bool = FLIP,
-    fusion: Fusion = FUSION,
-    mode: Mode = MODE,
-    crop: Optional[str] = CROP,
-    stride: Optional[str] = STRIDE,
-    size: Optional[str] = INPUT_SIZE,
-    old_size: Optional[str] = OLD_SIZE,
-    weights: Weights = WEIGHTS,
-    device: str = DEVICE,
-    amp: Amp = AMP,
     workers: int = typer.Option(0, "--workers"),
     save_matrix: Optional[Path] = typer.Option(None, "--save-matrix",
                                                help="Also write the confusion matrix (pixel counts, classes) to this "
@@ -94,8 +89,10 @@ def evaluate(
     label_cache: bool = typer.Option(True, "--label-cache/--no-label-cache",
                                      help="--pred-dir: keep the decoded ground truth in labels/<split>.labelcache "
                                           "(built on the first run, rebuilt when a label file changes)."),
+    **inference,
 ):
     """Per-class IoU and mIoU from one confusion matrix over the split."""
+    scales, flip, fusion, mode, crop, stride, size, _, weights, device, amp = (inference[k] for k in INFERENCE_OPTIONS)
     if (ckpt is None) == (pred_dir is None):
         raise UsageError("give exactly one of --ckpt or --pred-dir")
     if save_matrix is not None:  # checked before a long evaluation, not after
@@ -122,6 +119,7 @@ def evaluate(
         console.print(f"protocol: {json.dumps(result['protocol'])}", highlight=False)
 
 
+@with_options(INFERENCE_OPTIONS)
 def predict(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Trained segmentation checkpoint or safetensors "
                                                             "export folder (label space and palette come from it)."),
@@ -134,17 +132,6 @@ def predict(
     more: Optional[List[str]] = typer.Argument(None, help="More inputs (what a shell glob after --input expands to).",
                                                show_default=False),
     out: Path = typer.Option(..., "--out", help="Output folder: labels/, color/, overlay/, confidence/, videos/."),
-    scales: str = SCALES,
-    flip: bool = FLIP,
-    fusion: Fusion = FUSION,
-    mode: Mode = MODE,
-    crop: Optional[str] = CROP,
-    stride: Optional[str] = STRIDE,
-    size: Optional[str] = INPUT_SIZE,
-    old_size: Optional[str] = OLD_SIZE,
-    weights: Weights = WEIGHTS,
-    device: str = DEVICE,
-    amp: Amp = AMP,
     batch_size: int = typer.Option(4, "--batch-size", help="Images (of one size) or frames per forward pass."),
     confidence: bool = typer.Option(False, "--confidence", help="Also write confidence/<key>.png (uint16, "
                                                                 "max softmax probability * 65535)."),
@@ -153,10 +140,13 @@ def predict(
     writers: int = typer.Option(2, "--writers", help="Threads that colour, blend and write the outputs."),
     force: bool = typer.Option(False, "--force", help="Redo finished outputs; replace another model's folder."),
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON summary on stdout."),
+    **inference,
 ):
     """Predict images, folders, globs and videos: trainId, colour and overlay PNGs (+ confidence), and an
     overlay video per video (resumable; unreadable inputs are reported, skipped, and exit 1 at the end)."""
     from segadapt.engine.predict import predict as run_predict
+
+    scales, flip, fusion, mode, crop, stride, size, _, weights, device, amp = (inference[k] for k in INFERENCE_OPTIONS)
 
     if (ckpt is None) == (model is None):
         raise UsageError("give exactly one of --ckpt (a checkpoint or export folder) and --model (an .onnx or "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from enum import Enum
 
 import typer
@@ -67,3 +69,18 @@ def renamed(old: str, new: str):
         return value
 
     return typer.Option(None, old, hidden=True, is_eager=True, callback=refuse)
+
+
+def with_options(group: dict):
+    """Decorator: a group of typer options several commands share, declared once. ``group`` maps each
+    parameter name to (type, typer.Option(...)); the options are added after the command's own
+    parameters and reach it through its ``**kwargs`` parameter, under those names."""
+    def add(command):
+        sig = inspect.signature(command, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+                 for name, (kind, option) in group.items()]
+        command.__signature__ = sig.replace(parameters=own + extra)
+        command.__annotations__ = {p.name: p.annotation for p in own + extra if p.annotation is not p.empty}
+        return command
+    return add

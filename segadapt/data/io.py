@@ -144,6 +144,16 @@ def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_text(path: str | Path, what: str, error: type[Exception] = DataError) -> str:
+    """The text of ``path``; a missing or unreadable file is a one-line ``error`` naming it as ``what``."""
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        raise error(f"{what} {path} not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"cannot read {what} {path}: {e}") from None
+
+
 def read_json(path: str | Path):
     try:
         with open(path) as f:

@@ -128,15 +128,6 @@ def average_gradients(params) -> None:
     all_reduce_mean_([p.grad for p in params])
 
 
-def any_rank(flag: bool) -> bool:
-    """True when ``flag`` is set on any rank (a stop signal seen by one rank stops all of them together)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    t = _reduce_device(torch.tensor([1.0 if flag else 0.0]))
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
 def broadcast_object(obj, src: int = 0):
     """Rank ``src``'s picklable object on every rank."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -144,15 +135,6 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
-
-
-def gather_objects(obj) -> list:
-    """Every rank's picklable object, in rank order, on every rank."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def broadcast_module_(module: torch.nn.Module, src: int = 0) -> None:

@@ -65,15 +65,27 @@ def confidence_histogram(label: torch.Tensor, conf_u16: torch.Tensor, num_classe
     return flat.view(num_classes, bins)
 
 
+def class_feature_sums(feat: torch.Tensor, label: torch.Tensor, num_classes: int, dtype=torch.float64):
+    """Feature maps (B, D, h, w) and class maps at the same resolution (B, h, w; IGNORE or any value
+    >= num_classes skipped) -> per-image, per-class feature sums (B, C, D) in ``dtype`` and pixel counts
+    (B, C) int64. Sums, not means, so that they add up over images (this folder's streaming totals;
+    the methods' class means divide them, ``methods.common.class_feature_means``)."""
+    b, d = feat.shape[:2]
+    f = feat.permute(0, 2, 3, 1).reshape(b, -1, d).to(dtype)
+    lab = label.reshape(b, -1).long()
+    valid = lab < num_classes
+    # one row per (image, class): index image * C + class
+    row = (lab + num_classes * torch.arange(b, device=lab.device)[:, None])[valid]
+    sums = torch.zeros(b * num_classes, d, dtype=dtype, device=feat.device).index_add_(0, row, f[valid])
+    counts = torch.bincount(row, minlength=b * num_classes)
+    return sums.view(b, num_classes, d), counts.view(b, num_classes)
+
+
 def image_class_stats(feat: torch.Tensor, pred: torch.Tensor, num_classes: int):
     """One image's feature map (D, h, w) and class map at the same resolution (h, w; IGNORE or any value
     >= num_classes skipped) -> per-class feature sums (C, D) float64 and pixel counts (C,) int64."""
-    d = feat.shape[0]
-    f = feat.permute(1, 2, 0).reshape(-1, d).double()
-    lab = pred.reshape(-1).long()
-    keep = lab < num_classes
-    sums = torch.zeros(num_classes, d, dtype=torch.float64, device=f.device).index_add_(0, lab[keep], f[keep])
-    return sums, torch.bincount(lab[keep], minlength=num_classes)
+    sums, counts = class_feature_sums(feat[None], pred[None], num_classes, torch.float64)
+    return sums[0], counts[0]
 
 
 def log_path(out: Path, rank: int = 0) -> Path:

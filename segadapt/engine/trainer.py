@@ -2,7 +2,9 @@
 schedule, EMA via the method's hooks, JSONL metrics, periodic atomic checkpoints, exact resume.
 
 The engine never knows which method runs: it asks the method for its modules, parameter groups,
-the kind of target batches it needs, and the loss of one iteration."""
+the kind of target batches it needs, and the loss of one iteration. ``start_run`` and ``StageTrainer``
+are the run start and the run every training stage shares (the segmentation stages' ``Trainer`` and
+the image translator's ``translation.train.TranslatorTrainer``)."""
 
 from __future__ import annotations
 
@@ -17,13 +19,14 @@ from segadapt.console import log
 from segadapt.data.datasets import TrainCrops
 from segadapt.data.io import write_text
 from segadapt.data.sampling import RareClassSampling, make_stream, sample_seed
-from segadapt.engine.checkpoint import copy_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from segadapt.engine.checkpoint import (RunLock, copy_checkpoint, load_checkpoint, rng_state, save_checkpoint,
+                                       set_rng_state)
 from segadapt.engine import distributed as D
 from segadapt.engine.device import amp_dtype, autocast, compile_modules, use_channels_last
 from segadapt.engine.loop import run_iterations
 from segadapt.engine.runlog import tensorboard_enabled
 from segadapt.engine.optim import build_optimizer, set_lr
-from segadapt.errors import DataError, UsageError
+from segadapt.errors import DataError, SegadaptError, UsageError
 
 RUN_FILES = ("last.pt", "metrics.jsonl", "config.yaml")
 
@@ -45,6 +48,32 @@ def prepare_run_dir(out: Path, resume: bool, force: bool) -> bool:
     for stale in out.glob(".*.pt.*.tmp"):  # a checkpoint write cut short by kill -9; last.pt is intact
         stale.unlink(missing_ok=True)
     return has_ckpt and resume
+
+
+def start_run(out: Path, cfg: dict, resume: bool, force: bool, stage: str | None = None) -> dict | None:
+    """Lock and check the run folder on rank 0, then load the checkpoint to resume on every rank (None
+    when the run starts from iteration 0). ``stage``: the checkpoint's ``stage`` must be this one."""
+    outcome = None
+    if D.info().is_main:
+        try:
+            RunLock(out).acquire()
+            outcome = prepare_run_dir(out, resume, force)
+        except SegadaptError as e:
+            outcome = e
+    outcome = D.broadcast_object(outcome)  # the other ranks fail with rank 0's error instead of hanging
+    if isinstance(outcome, SegadaptError):
+        raise outcome
+    resuming = outcome
+    ckpt = None
+    if resuming:
+        ckpt = load_resume(out)
+        if stage is not None and ckpt.get("stage") != stage:
+            raise DataError(f"{out}/last.pt is not a {stage} checkpoint (stage {ckpt.get('stage')!r})")
+        check_resume_config(ckpt, cfg, out)
+        log(f"resuming {out} at iteration {ckpt['iteration']}")
+    elif resume:
+        log(f"nothing to resume in {out}; starting from iteration 0")
+    return ckpt
 
 
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -69,17 +98,92 @@ def _to_device(batch: dict, device, channels_last: bool) -> dict:
     return out
 
 
-class Trainer:
+class StageTrainer:
+    """One training run of ``cfg['optim']['iters']`` iterations into ``out``, as every stage runs it: the
+    resolved config written beside the run, a finished run left alone, deterministic batch streams
+    (``data.sampling``), the iteration's seed derived from (seed, rank, iteration) before its batches are
+    drawn, and the shared loop (``engine.loop.run_iterations``: metrics, checkpoints, graceful stop).
+
+    A stage sets ``start`` (the iteration a resumed run continues at) and supplies ``streams`` (named batch
+    iterators), ``iteration`` (one optimisation step on the batches on the device), ``save`` (its
+    checkpoint), ``in_update``, ``info`` and ``label``."""
+
+    label = "train"
+    noun = "iterations"
+    channels_last = False
+
+    def __init__(self, cfg: dict, out: Path, device):
+        self.cfg, self.out, self.device = cfg, Path(out), device
+        self.dist = D.info()  # rank 0 alone writes; every rank trains on its slice of the global batch
+        self.seed = int(cfg["seed"])
+        self.iters = int(cfg["optim"]["iters"])
+        self.start = 0
+
+    def stream(self, dataset, index: int, choose=None):
+        """Batches of ``dataset`` for iterations start..iters-1, this rank's share of the global batch;
+        ``index`` tells the stage's streams apart (0 source, 1 target)."""
+        bs = int(self.cfg["data"]["batch_size"])
+        workers = int(self.cfg["data"].get("workers", 0))
+        return make_stream(dataset, bs, self.seed, index, self.start, self.iters, workers,
+                           rank=self.dist.rank, world_size=self.dist.world_size, choose=choose)
+
+    def run_provenance(self) -> dict:
+        """What config.yaml records about this run besides the package's provenance."""
+        return {}
+
+    def streams(self) -> dict:
+        raise NotImplementedError
+
+    def iteration(self, it: int, batch: dict, stop) -> tuple[float, dict, bool]:
+        """One iteration on ``batch`` (each stream's next batch, on the device): (lr, logs, stop now?)."""
+        raise NotImplementedError
+
+    def save(self, iteration: int) -> None:
+        raise NotImplementedError
+
+    def in_update(self) -> bool:
+        """True while an interrupt would land between an optimiser step and the end of the iteration."""
+        return False
+
+    def info(self, logs: dict) -> str:
+        return ""
+
+    def before_loop(self) -> None:
+        pass
+
+    def fit(self) -> dict:
+        if self.dist.is_main:
+            write_text(self.out / "config.yaml", "# resolved configuration of this run\n"
+                       + dump_config({**self.cfg, "provenance": {**provenance(), **self.run_provenance()}}))
+        if self.start >= self.iters:
+            log(f"run in {self.out} already finished ({self.iters} iterations)")
+            return {"iterations": self.iters}
+        tcfg = self.cfg["train"]
+        streams = self.streams()
+        self.before_loop()
+
+        def step(it, stop):
+            # every iteration's randomness (mixing, augmentation choices) derives from (seed, it)
+            torch.manual_seed(sample_seed(self.seed, 99 + 1000 * self.dist.rank, it))
+            batch = {k: _to_device(next(s), self.device, self.channels_last) for k, s in streams.items()}
+            return self.iteration(it, batch, stop)
+
+        return run_iterations(step, start=self.start, iters=self.iters, out=self.out, save=self.save,
+                              log_every=int(tcfg.get("log_every", 10)), ckpt_every=int(tcfg.get("ckpt_every", 500)),
+                              label=self.label, info=self.info, in_update=self.in_update, is_main=self.dist.is_main,
+                              noun=self.noun, batch_size=int(self.cfg["data"]["batch_size"]), device=self.device,
+                              tensorboard=tensorboard_enabled(self.cfg))
+
+
+class Trainer(StageTrainer):
     """Runs ``method`` for ``cfg['optim']['iters']`` iterations, writing into ``out``."""
 
     def __init__(self, *, cfg: dict, method, label_space, source_items, target_items, out: Path, device,
                  resume_ckpt: dict | None, extra_ckpt: dict | None = None, source_counts=None,
                  source_label_lut=None):
-        self.cfg, self.method, self.label_space = cfg, method, label_space
-        self.out, self.device = Path(out), device
-        self.dist = D.info()  # rank 0 alone writes; every rank trains on its slice of the global batch
-        self.seed = int(cfg["seed"])
-        self.iters = int(cfg["optim"]["iters"])
+        super().__init__(cfg, out, device)
+        self.method, self.label_space = method, label_space
+        self.label = f"{method.stage} {method.name}"
         tcfg = cfg["train"]
         self.amp = amp_dtype(tcfg.get("amp", "auto"), device)
         self.channels_last = use_channels_last(tcfg.get("channels_last", "auto"), device)
@@ -99,7 +203,7 @@ class Trainer:
         if self.accum < 1:
             raise UsageError(f"train.grad_accum must be >= 1, got {self.accum}")
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
-        self.start = 0
+        self._updating = False  # True between the optimiser step and the EMA update: no consistent state to save
         if resume_ckpt is not None:
             self._restore(resume_ckpt)
         d = cfg["data"]
@@ -108,7 +212,6 @@ class Trainer:
                                     label_lut=source_label_lut)
         self.target_ds = (TrainCrops(target_items, crop, scale, flip, base_size=d.get("target_size"))
                           if target_items is not None else None)
-        self.workers = int(d.get("workers", 0))
         self.source_choice = None
         rcs = d.get("rare_class_sampling") or {}
         if rcs.get("enabled"):
@@ -160,19 +263,16 @@ class Trainer:
             copy_checkpoint(self.out / "last.pt", self.out / f"iter_{iteration:07d}.pt")  # atomic: kill -9 safe
 
     # -- the loop ----------------------------------------------------------------------------------
-    def _streams(self):
+    def streams(self):
         bs = int(self.cfg["data"]["batch_size"])  # the global batch, split over ranks
         if bs % (self.dist.world_size * self.accum):
             raise UsageError(f"data.batch_size {bs} must be a multiple of processes x grad_accum "
                              f"({self.dist.world_size} x {self.accum})")
-        r, w = self.dist.rank, self.dist.world_size
-        streams = {"source": make_stream(self.source_ds, bs, self.seed, 0, self.start, self.iters, self.workers,
-                                         rank=r, world_size=w, choose=self.source_choice)}
+        streams = {"source": self.stream(self.source_ds, 0, choose=self.source_choice)}
         if self.method.target_batches is not None:
             if self.target_ds is None:
                 raise UsageError(f"method '{self.method.name}' needs target images (--target)")
-            streams["target"] = make_stream(self.target_ds, bs, self.seed, 1, self.start, self.iters, self.workers,
-                                            rank=r, world_size=w)
+            streams["target"] = self.stream(self.target_ds, 1)
         return streams
 
     def _step(self, batch: dict, it: int) -> tuple[torch.Tensor, dict]:
@@ -198,45 +298,35 @@ class Trainer:
     def _params(self):
         return [p for g in self.optimizer.param_groups for p in g["params"]]
 
-    def fit(self) -> dict:
-        if self.dist.is_main:
-            write_text(self.out / "config.yaml",
-                       "# resolved configuration of this run\n" + dump_config({**self.cfg, "provenance": {**provenance(), "compile": self.compiled}}))
-        if self.start >= self.iters:
-            log(f"run in {self.out} already finished ({self.iters} iterations)")
-            return {"iterations": self.iters}
-        tcfg = self.cfg["train"]
-        streams = self._streams()
+    def run_provenance(self):
+        return {"compile": self.compiled}
+
+    def before_loop(self):
         self.method.train()
-        updating = [False]  # True between the optimiser step and the EMA update: no consistent state to save
 
-        def step(it, stop):
-            # every iteration's randomness (mixing, augmentation choices) derives from (seed, it)
-            torch.manual_seed(sample_seed(self.seed, 99 + 1000 * self.dist.rank, it))
-            batch = {k: _to_device(next(s), self.device, self.channels_last) for k, s in streams.items()}
-            lr = set_lr(self.optimizer, it, self.iters, self.cfg["optim"])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss, logs = self._step(batch, it)
-            # one small all-reduce: the global mean loss and whether any rank was asked to stop,
-            # so that every rank stops (or fails) at the same iteration
-            loss, stopping = D.reduce_loss_and_flag(loss, stop.signal is not None)
-            if not torch.isfinite(loss):
-                raise DataError(f"loss became {loss.item()} at iteration {it}; last good checkpoint: "
-                                f"{self.out / 'last.pt'}")
-            D.average_gradients(self._params())
-            updating[0] = True
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.method.after_step(it)
-            updating[0] = False
-            return lr, {"loss": loss.item(), **logs}, stopping
+    def in_update(self):
+        return self._updating
 
-        return run_iterations(step, start=self.start, iters=self.iters, out=self.out, save=self.save,
-                              log_every=int(tcfg.get("log_every", 10)), ckpt_every=int(tcfg.get("ckpt_every", 500)),
-                              label=f"{self.method.stage} {self.method.name}", info=lambda g: f"loss {g['loss']:.4f}",
-                              in_update=lambda: updating[0], is_main=self.dist.is_main,
-                              batch_size=int(self.cfg["data"]["batch_size"]), device=self.device,
-                              tensorboard=tensorboard_enabled(self.cfg))
+    def info(self, logs):
+        return f"loss {logs['loss']:.4f}"
+
+    def iteration(self, it, batch, stop):
+        lr = set_lr(self.optimizer, it, self.iters, self.cfg["optim"])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, logs = self._step(batch, it)
+        # one small all-reduce: the global mean loss and whether any rank was asked to stop,
+        # so that every rank stops (or fails) at the same iteration
+        loss, stopping = D.reduce_loss_and_flag(loss, stop.signal is not None)
+        if not torch.isfinite(loss):
+            raise DataError(f"loss became {loss.item()} at iteration {it}; last good checkpoint: "
+                            f"{self.out / 'last.pt'}")
+        D.average_gradients(self._params())
+        self._updating = True
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.method.after_step(it)
+        self._updating = False
+        return lr, {"loss": loss.item(), **logs}, stopping
 
 
 def check_resume_config(ckpt: dict, cfg: dict, out: Path) -> None:

@@ -4,10 +4,7 @@ checkpoints, logs); a method only says how one iteration's loss is computed from
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-
-from segadapt.data.labelspace import IGNORE
 
 
 class Method:
@@ -51,17 +48,3 @@ class Method:
     def after_step(self, iteration: int) -> None:
         """Called after the optimiser step (EMA updates and the like)."""
 
-
-def seg_ce(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy at label resolution, averaged over labelled pixels only (DiGA's code divided
-    by all pixels, ignored ones included, which silently shrinks the loss); 0 when none is labelled."""
-    logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
-    if not (label != IGNORE).any():
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), label, ignore_index=IGNORE)
-
-
-def soft_ce(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
-    """H(teacher -> student) = -sum_c softmax(t)_c * log_softmax(s)_c, mean over pixels."""
-    p = teacher_logits.detach().float().softmax(1)
-    return -(p * student_logits.float().log_softmax(1)).sum(1).mean()

@@ -26,11 +26,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from segadapt.data.labelspace import IGNORE
 from segadapt.data.mixing import class_mix_mask, mix, photometric
-from segadapt.engine.ema import DEFAULT_BN, check_bn_mode, ema_step, make_teacher, teacher_forward
+from segadapt.engine.ema import DEFAULT_BN, check_bn_mode
 from segadapt.errors import UsageError
-from segadapt.methods.base import Method, seg_ce
+from segadapt.methods.base import Method
+from segadapt.methods.common import MeanTeacher, seg_ce, weighted_seg_ce
 
 DEFAULTS = {
     "tau": 0.968, "ema_alpha": 0.99, "mix_weight": 1.0, "class_mix": True, "confidence_weight": True,
@@ -64,17 +64,6 @@ def mixed_pixel_weight(mask: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """w = 1 on pasted source pixels (true labels), q on target pixels (pseudo-labels); (B, H, W)."""
     m = mask[:, 0]
     return m + (1 - m) * q
-
-
-def weighted_seg_ce(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """sum_p w(p) CE(p) / |labelled pixels| at label resolution (DACS divides by every pixel, ignored ones
-    included; like :func:`seg_ce` we divide by the labelled ones). 0 when none is labelled."""
-    logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
-    valid = label != IGNORE
-    if not valid.any():
-        return logits.sum() * 0.0
-    ce = F.cross_entropy(logits.float(), label, ignore_index=IGNORE, reduction="none")
-    return (ce * weight.float()).sum() / valid.sum()
 
 
 # -- config ---------------------------------------------------------------------------------------
@@ -120,32 +109,32 @@ class DacsWarmup(Method):
     def __init__(self, cfg, student, num_classes, prototypes=None):
         super().__init__(cfg, student, num_classes, prototypes)
         self.c = _check_cfg(cfg, self.name)
-        self.teacher = make_teacher(student, self.c["ema_bn"], dropout=False)
-        self.generator = None  # the engine reseeds torch's global RNG every iteration
+        # DACS's trainUDA.py: update right after step i_iter with alpha(i_iter) (offset 0); dropout off
+        self.mean_teacher = MeanTeacher([student], self.c["ema_bn"], False, self.c["ema_alpha"], offset=0)
+        self.teacher = self.mean_teacher.teachers[0]
 
     def modules(self):
         return {"student": self.student, "teacher": self.teacher}
 
     def after_step(self, iteration):
-        # DACS's trainUDA.py: update right after step i_iter with alpha(i_iter) (offset 0)
-        ema_step([(self.teacher, self.student)], iteration, self.c["ema_alpha"], self.c["ema_bn"], offset=0)
+        self.mean_teacher.update(iteration)
 
     def _augment(self, x):
         """DACS's strong augmentation of the mixed image: colour jitter (DACS: p 0.8, strength 0.25) and
         Gaussian blur (p 0.5); no grayscale or sharpness (DiGA's extras)."""
         if not self.c["augment"]:
             return x
-        return photometric(x, self.generator, jitter=self.c["jitter"], p_jitter=self.c["p_jitter"], p_gray=0.0,
+        return photometric(x, jitter=self.c["jitter"], p_jitter=self.c["p_jitter"], p_gray=0.0,
                            p_blur=self.c["p_blur"], p_sharp=0.0)
 
     def training_step(self, batch, iteration):
         xs, ys = batch["source"]["image"], batch["source"]["label"]
         xt = batch["target"]["image"]  # self-training: batch["target"]["label"] (offline) is deliberately unused
-        t = teacher_forward(self.teacher, [xt], [self.teacher], self.c["ema_bn"], dropout=False)
+        t = self.mean_teacher.forward(self.teacher, xt)
         yt, conf = teacher_pseudo_labels(t["logits"], ys.shape[-2:])
         q = confidence_weight(conf, self.c["tau"]) if self.c["confidence_weight"] else torch.ones((), device=xt.device)
         if self.c["class_mix"]:
-            x_mix, y_mix, mask = class_mix(xs, ys, xt, yt, self.generator)
+            x_mix, y_mix, mask = class_mix(xs, ys, xt, yt)
         else:  # ablation: plain pseudo-labelling of the (augmented) target crop
             x_mix, y_mix, mask = xt, yt, torch.zeros_like(xt[:, :1])
         x_mix = self._augment(x_mix)
@@ -154,7 +143,7 @@ class DacsWarmup(Method):
         n = xs.shape[0]
         s = self.student(torch.cat([xs, x_mix]))["logits"]
         loss_src = seg_ce(s[:n], ys)
-        loss_mix = weighted_seg_ce(s[n:], y_mix, w)
+        loss_mix = weighted_seg_ce(s[n:], y_mix, pixel_weight=w)
         loss = loss_src + self.c["mix_weight"] * loss_mix
         return loss, {"loss_src": loss_src.item(), "loss_mix": loss_mix.item(), "conf_weight": float(q)}
 

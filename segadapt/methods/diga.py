@@ -17,13 +17,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from segadapt.data.labelspace import IGNORE
 from segadapt.data.mixing import FDA_WINDOWS, class_mix_mask, fda, mix, photometric
-from segadapt.engine.ema import DEFAULT_BN, check_bn_mode, ema_step, make_teacher, teacher_forward
+from segadapt.engine.ema import DEFAULT_BN, check_bn_mode
 from segadapt.errors import DataError, SegadaptError, UsageError
-from segadapt.methods.base import Method, seg_ce, soft_ce
+from segadapt.methods.base import Method
+from segadapt.methods.common import MeanTeacher, class_feature_means, resize_label, seg_ce, soft_ce
 
 
 # -- the paper's pieces as plain functions (tested one by one) ----------------------------------
@@ -86,10 +86,6 @@ def cdmix(x, x_aug, label, x_translated, generator=None):
     return mix(mask, x_aug, x_translated), mask
 
 
-def downsample_label(label: torch.Tensor, size) -> torch.Tensor:
-    return F.interpolate(label[:, None].float(), size=size, mode="nearest")[:, 0].long()
-
-
 def nearest_prototype(feat: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     """feat (B, D, h, w), prototypes (C, D) -> class of the nearest prototype (Euclidean), (B, h, w)."""
     b, d, h, w = feat.shape
@@ -102,25 +98,8 @@ def dps_select(pseudo_label: torch.Tensor, feat: torch.Tensor, prototypes: torch
     """Dynamic pseudo-label selection: keep a pixel's offline pseudo-label only where it equals the class
     of the prototype nearest to the teacher's current feature; ignore it elsewhere. Threshold-free."""
     nearest = nearest_prototype(feat, prototypes)
-    nearest = F.interpolate(nearest[:, None].float(), size=pseudo_label.shape[-2:], mode="nearest")[:, 0].long()
+    nearest = resize_label(nearest, pseudo_label.shape[-2:])
     return torch.where(pseudo_label == nearest, pseudo_label, torch.full_like(pseudo_label, IGNORE))
-
-
-def class_feature_means(feat: torch.Tensor, label: torch.Tensor, num_classes: int, per_image: bool = False):
-    """Mean feature of each class over pixels with label c (label at feature resolution; IGNORE and any
-    value >= num_classes skipped). Pooled over the batch: (means (C, D), counts (C,)); with ``per_image``,
-    one row per image: (means (B, C, D), counts (B, C)), a class absent from an image has mean 0, count 0."""
-    b, d = feat.shape[:2]
-    f = feat.permute(0, 2, 3, 1).reshape(b, -1, d).float()
-    lab = label.reshape(b, -1).long()
-    valid = lab < num_classes
-    # one row per (image, class): index image * C + class
-    row = (lab + num_classes * torch.arange(b, device=lab.device)[:, None])[valid]
-    sums = torch.zeros(b * num_classes, d, device=feat.device).index_add_(0, row, f[valid]).view(b, num_classes, d)
-    counts = torch.bincount(row, minlength=b * num_classes).to(feat.device).view(b, num_classes)
-    if not per_image:
-        sums, counts = sums.sum(0), counts.sum(0)
-    return sums / counts.clamp(min=1)[..., None], counts
 
 
 def update_prototypes(prototypes: torch.Tensor, feat: torch.Tensor, label: torch.Tensor, teacher_pred: torch.Tensor,
@@ -151,8 +130,9 @@ class _WithTeacher(Method):
         super().__init__(cfg, student, num_classes, prototypes)
         self.ema_bn = check_bn_mode(self.cfg.get("ema_bn", DEFAULT_BN), self.name)
         fda_window(self.cfg)  # a bad value fails before training starts
-        self.teacher = make_teacher(student, self.ema_bn, self.teacher_dropout)
-        self.generator = None  # the engine reseeds torch's global RNG every iteration
+        self.mean_teacher = MeanTeacher([student], self.ema_bn, self.teacher_dropout,
+                                        float(self.cfg.get("ema_alpha", 0.999)))
+        self.teacher = self.mean_teacher.teachers[0]
         # a trained translator (a checkpoint path): loaded once, frozen, never checkpointed with the student
         kind = str(self.cfg.get("translator", "fda"))
         self.translator_net = load_translator(kind) if kind not in ("fda", "none") else None
@@ -161,20 +141,20 @@ class _WithTeacher(Method):
         return {"student": self.student, "teacher": self.teacher}
 
     def after_step(self, iteration):
-        ema_step([(self.teacher, self.student)], iteration, float(self.cfg.get("ema_alpha", 0.999)), self.ema_bn)
+        self.mean_teacher.update(iteration)
 
     def run_teacher(self, *groups):
         """Teacher outputs for the image batches ``groups``, concatenated (see ``teacher_forward``)."""
-        return teacher_forward(self.teacher, groups, [self.teacher], self.ema_bn, self.teacher_dropout)
+        return self.mean_teacher.forward(self.teacher, *groups)
 
     def _views(self, x, y, target_images):
         """x_aug and x_cd of a source batch (x_cd = x_aug when CDMix is switched off)."""
-        x_aug = photometric(x, self.generator, blend=float(self.cfg.get("photometric_blend", 0.4)))
+        x_aug = photometric(x, blend=float(self.cfg.get("photometric_blend", 0.4)))
         net = self.translator_net
         if self.cfg.get("cdmix", True) and (target_images is not None or net is not None):
             if net is not None:
                 net.to(x.device)  # once: the student's device (no-op afterwards)
-            x_cd, _ = cdmix(x, x_aug, y, translate(x, target_images, self.cfg, self.generator, net), self.generator)
+            x_cd, _ = cdmix(x, x_aug, y, translate(x, target_images, self.cfg, net=net))
         else:
             x_cd = x_aug
         return x_aug, x_cd
@@ -258,8 +238,8 @@ class DigaSelfTrain(_WithTeacher):
 
         # ClassMix as DiGA's code: half of the source label values pasted onto a photometrically augmented
         # target crop, the source ignore region always pasted (its label stays ignore)
-        mask = class_mix_mask(ys, self.generator, rule="diga").to(xs.dtype)
-        xt_aug = photometric(xt, self.generator, blend=float(self.cfg.get("photometric_blend", 0.4)))
+        mask = class_mix_mask(ys, rule="diga").to(xs.dtype)
+        xt_aug = photometric(xt, blend=float(self.cfg.get("photometric_blend", 0.4)))
         x_mix = mix(mask, xs, xt_aug)
         y_mix = mix(mask, ys, yt_sel)
 
@@ -283,8 +263,8 @@ class DigaSelfTrain(_WithTeacher):
             m = float(self.cfg.get("proto_momentum", 1e-4))
             k = int(self.cfg.get("proto_min_pixels", 5))
             size = feat_t.shape[-2:]
-            protos = update_prototypes(self.prototypes.to(feat_t.device), feat_t, downsample_label(yt_sel, size),
+            protos = update_prototypes(self.prototypes.to(feat_t.device), feat_t, resize_label(yt_sel, size),
                                        t_t.argmax(1), m, k)
-            self.prototypes = update_prototypes(protos, t_feat[n:2 * n], downsample_label(ys, size), t_cd.argmax(1),
+            self.prototypes = update_prototypes(protos, t_feat[n:2 * n], resize_label(ys, size), t_cd.argmax(1),
                                                 m, k)
         return loss, logs

@@ -35,7 +35,8 @@ from torch.utils.checkpoint import checkpoint
 
 from segadapt.data.labelspace import IGNORE
 from segadapt.errors import UsageError
-from segadapt.methods.base import Method, seg_ce
+from segadapt.methods.base import Method
+from segadapt.methods.common import resize_label, seg_ce
 from segadapt.methods.lovasz import lovasz_softmax
 
 EPS = 1e-10  # guards log(0) of probabilities and division by a zero row std (released code: 1e-10)
@@ -238,10 +239,6 @@ def uniform_ce(logits: torch.Tensor, thres: float = 0.0) -> torch.Tensor:
     return r.mean()
 
 
-def downsample_label(label: torch.Tensor, size) -> torch.Tensor:
-    return F.interpolate(label[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
-
-
 # -- the stage ------------------------------------------------------------------------------------
 
 class PLCA(Method):
@@ -270,7 +267,7 @@ class PLCA(Method):
             loss = loss + s["lovasz_weight"] * lov
             logs["loss_lovasz"] = lov.item()
         if s["assoc_weight"] > 0 and s["levels"]:
-            y_feat = downsample_label(ys, ls.shape[-2:])
+            y_feat = resize_label(ys, ls.shape[-2:])
             n_src, n_tgt = ls.shape[-2] * ls.shape[-1], lt.shape[-2] * lt.shape[-1]
             # one sample of pixels per pair, shared by both levels so they associate the same pixels
             picks = [(sample_pixels(n_src, s["max_pixels"]), sample_pixels(n_tgt, s["max_pixels"]))

@@ -3,7 +3,8 @@ target oracle (pass the target's prepared folder as --source)."""
 
 from __future__ import annotations
 
-from segadapt.methods.base import Method, seg_ce
+from segadapt.methods.base import Method
+from segadapt.methods.common import seg_ce
 
 
 class SourceOnly(Method):

@@ -53,10 +53,11 @@ from torch import nn
 
 from segadapt.data.labelspace import IGNORE
 from segadapt.data.mixing import FDA_WINDOWS, class_mix_mask, mix, photometric
-from segadapt.engine.ema import BN_MODES, DEFAULT_BN, ema_step, make_teacher, teacher_forward
+from segadapt.engine.ema import BN_MODES, DEFAULT_BN
 from segadapt.errors import UsageError
-from segadapt.methods.base import Method, seg_ce
-from segadapt.methods.diga import class_feature_means, downsample_label, translate
+from segadapt.methods.base import Method
+from segadapt.methods.common import MeanTeacher, class_feature_means, resize_label, weighted_seg_ce
+from segadapt.methods.diga import translate
 
 # every key of the `t2s:` config section with its default (the shipped configs list them all)
 DEFAULTS = {
@@ -218,16 +219,6 @@ def target_class_stats(prob: torch.Tensor, num_classes: int):
     return counts / counts.sum().clamp(min=1), conf_sum / counts.clamp(min=1), counts > 0
 
 
-def weighted_seg_ce(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """``seg_ce`` with per-class weights (weighted mean over labelled pixels)."""
-    if weight is None:
-        return seg_ce(logits, label)
-    logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
-    if not (label != IGNORE).any():
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), label, weight=weight.float().to(logits.device), ignore_index=IGNORE)
-
-
 # -- config ---------------------------------------------------------------------------------------
 
 def _number(cfg, key, lo=None, hi=None, lo_open=False, integer=False):
@@ -290,9 +281,10 @@ class T2S(Method):
                 student.train(was)
         # t2s.ema_bn: batch = BN on batch statistics, parameters averaged, dropout off (DAFormer's EMA teacher;
         # our choice, T2S has no public code); averaged = eval mode with averaged BN statistics
-        self.teacher = make_teacher(student, self.opt["ema_bn"], self.teacher_dropout)
         self.projector = ProjectionHead(feat_dim, self.opt["proj_dim"])
-        self.teacher_projector = make_teacher(self.projector, self.opt["ema_bn"], self.teacher_dropout)
+        self.mean_teacher = MeanTeacher([student, self.projector], self.opt["ema_bn"], self.teacher_dropout,
+                                        self.opt["ema_alpha"])
+        self.teacher, self.teacher_projector = self.mean_teacher.teachers
         c = num_classes
         # online estimates (checkpointed through extra_state so a resumed run continues exactly)
         no = torch.zeros(c, dtype=torch.bool)
@@ -322,8 +314,7 @@ class T2S(Method):
                 self.state[k] = state[k].clone()
 
     def after_step(self, iteration):
-        ema_step([(self.teacher, self.student), (self.teacher_projector, self.projector)], iteration,
-                 self.opt["ema_alpha"], self.opt["ema_bn"])
+        self.mean_teacher.update(iteration)
 
     # -- pieces of one iteration -------------------------------------------------------------------
     def _update_stats(self, prob_t: torch.Tensor) -> None:
@@ -357,7 +348,7 @@ class T2S(Method):
         teacher keys on source / target (B, P, h, w) and the teacher's confidence / argmax on target."""
         o, s = self.opt, self.state
         size = q_map.shape[-2:]
-        ys_small = downsample_label(ys, size)
+        ys_small = resize_label(ys, size)
         p = q_map.shape[1]
         batch_protos, present = source_prototypes(keys_s, ys_small, self.num_classes)
         if o["prototype"] == "ema":
@@ -408,8 +399,7 @@ class T2S(Method):
             return {**out, "keys": self.teacher_projector(out["feat"])} if use_con else out
 
         # source and target as two teacher batches (their own BN statistics with ema_bn: batch)
-        t = teacher_forward(run_teacher, [xs, xt], [self.teacher, self.teacher_projector], self.opt["ema_bn"],
-                            self.teacher_dropout)
+        t = self.mean_teacher.forward(run_teacher, xs, xt)
         with torch.no_grad():
             t_logits_t = t["logits"][n:]
             prob_t = t_logits_t.float().softmax(1)
@@ -440,7 +430,7 @@ class T2S(Method):
         for name, key, label in (("src", "source_ce_weight", ys), ("pt", "pseudo_target_ce_weight", ys),
                                  ("mix", "mix_ce_weight", y_mix if "mix" in part else None)):
             if name in part and o[key] > 0:
-                term = weighted_seg_ce(out["logits"][part[name]], label, seg_w)
+                term = weighted_seg_ce(out["logits"][part[name]], label, class_weight=seg_w)
                 loss = loss + o[key] * term
                 logs[f"loss_{name}"] = term.item()
         if use_con:

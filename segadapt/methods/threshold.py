@@ -30,7 +30,8 @@ from segadapt.data.labelspace import IGNORE
 from segadapt.data.mixing import class_mix_mask, mix
 from segadapt.engine.pseudo_label import CONF_SCALE, load_confidence_histogram
 from segadapt.errors import DataError, UsageError
-from segadapt.methods.base import Method, seg_ce
+from segadapt.methods.base import Method
+from segadapt.methods.common import seg_ce
 
 DEFAULTS = {"mode": "class_balanced", "threshold": 0.9, "portion": 0.5, "target_weight": 1.0, "class_mix": False}
 MODES = ("fixed", "class_balanced")
@@ -108,7 +109,6 @@ class ThresholdSelfTrain(Method):
     def __init__(self, cfg, student, num_classes, prototypes=None):
         super().__init__(cfg, student, num_classes, prototypes)
         self.c = _check_cfg(cfg, self.name)
-        self.generator = None  # the engine reseeds torch's global RNG every iteration
         self.thresholds = fixed_thresholds(num_classes, self.c["threshold"]) if self.c["mode"] == "fixed" else None
 
     def attach_pseudo_labels(self, folder: Path) -> None:
@@ -140,7 +140,7 @@ class ThresholdSelfTrain(Method):
         xt, yt = tgt["image"], threshold_pseudo_labels(tgt["label"], tgt["confidence"], self.thresholds)
         kept = ((yt != IGNORE).sum() / (tgt["label"] != IGNORE).sum().clamp(min=1)).item()
         if self.c["class_mix"]:
-            mask = class_mix_mask(ys, self.generator, rule="dacs").to(xs.dtype)
+            mask = class_mix_mask(ys, rule="dacs").to(xs.dtype)
             xt, yt = mix(mask, xs, xt), mix(mask, ys, yt)
 
         n = xs.shape[0]

@@ -30,6 +30,15 @@ INPUT_NORMS = {
 BACKBONE_INPUT_NORMS = {"resnet101_caffe": "caffe", "efficientnet_lite0": "lite"}
 
 
+def spec_choice(spec: dict, key: str, default: str, choices, arch: str | None = None) -> str:
+    """``spec[key]`` (``default`` when absent), which must be one of ``choices`` (one-line UsageError)."""
+    value = spec.get(key, default)
+    if value not in choices:
+        where = f" for arch '{arch}'" if arch else ""
+        raise UsageError(f"unknown {key} {value!r}{where}; choose one of {', '.join(choices)}")
+    return value
+
+
 def check_input_norm(value) -> str:
     if value not in INPUT_NORMS:
         raise UsageError(f"input_norm must be one of {', '.join(INPUT_NORMS)}, got {value!r}")

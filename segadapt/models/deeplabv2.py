@@ -33,7 +33,7 @@ from torch import nn
 from segadapt.errors import UsageError
 from segadapt.models.backbones import BACKBONES, _looks_like_path, build_backbone
 from segadapt.models.base import (BACKBONE_INPUT_NORMS, SegmentationNet, check_conv_head_spec, check_input_norm,
-                                  is_pos_int)
+                                  is_pos_int, spec_choice)
 
 # Per-backbone defaults: tiny runs on 16x32 maps and must stay small (the ASPP dominates its
 # parameter count), the ResNets use the papers' settings.
@@ -52,13 +52,9 @@ SE_REDUCTION = 16  # squeeze-and-excitation reduction of the proda head (officia
 
 def resolve_spec(spec: dict) -> dict:
     """Validate a deeplabv2 spec (keys as in ``segadapt.models.build_model``) and fill defaults."""
-    backbone = spec.get("backbone", "resnet101")
-    if backbone not in BACKBONES:
-        raise UsageError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    backbone = spec_choice(spec, "backbone", "resnet101", BACKBONES)
     defaults = _DEFAULTS.get(backbone, _DEFAULTS["resnet"])
-    head = spec.get("head", "aspp_sum")
-    if head not in HEADS:
-        raise UsageError(f"unknown head {head!r} for arch 'deeplabv2'; choose one of {', '.join(HEADS)}")
+    head = spec_choice(spec, "head", "aspp_sum", HEADS, "deeplabv2")
     out = {
         "arch": "deeplabv2",
         "backbone": backbone,

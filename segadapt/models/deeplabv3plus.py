@@ -21,7 +21,8 @@ from torch import nn
 from segadapt.errors import UsageError
 from segadapt.models.backbones import RESNETS, ResNetBackbone, _dilate_basic_layer, build_resnet, load_pretrained
 from segadapt.models import efficientnet
-from segadapt.models.base import BACKBONE_INPUT_NORMS, SegmentationNet, check_conv_head_spec, check_input_norm
+from segadapt.models.base import (BACKBONE_INPUT_NORMS, SegmentationNet, check_conv_head_spec, check_input_norm,
+                                  spec_choice)
 
 KEYS = ("arch", "backbone", "output_stride", "aspp_rates", "feat_dim", "dropout", "pretrained", "freeze_bn",
         "input_norm")
@@ -32,10 +33,7 @@ LOW_LEVEL_DIM = 48  # paper: few channels so the low-level map does not outweigh
 
 def resolve_spec(spec: dict) -> dict:
     """Validate a deeplabv3plus spec (keys: see ``segadapt.models.build_model``) and fill defaults."""
-    backbone = spec.get("backbone", "resnet101")
-    if backbone not in RESNETS + efficientnet.NAMES:
-        raise UsageError(f"unknown backbone {backbone!r} for arch 'deeplabv3plus'; "
-                         f"choose one of {', '.join(RESNETS + efficientnet.NAMES)}")
+    backbone = spec_choice(spec, "backbone", "resnet101", RESNETS + efficientnet.NAMES, "deeplabv3plus")
     os_ = spec.get("output_stride", 8)
     if isinstance(os_, bool) or not isinstance(os_, int) or os_ not in _RATES:
         raise UsageError(f"output_stride must be 8 or 16, got {os_!r}")

@@ -30,7 +30,7 @@ from torch import nn
 
 from segadapt.errors import DataError, UsageError
 from segadapt.models.backbones import _looks_like_path, _read_state_file, _strip_prefixes, load_state_into
-from segadapt.models.base import SegmentationNet, check_input_norm
+from segadapt.models.base import SegmentationNet, check_input_norm, spec_choice
 
 # Per-variant depths and widths as in the paper (Table 6) and NVlabs' code; all share heads
 # [1, 2, 5, 8], MLP ratio 4, spatial-reduction ratios [8, 4, 2, 1].
@@ -64,12 +64,8 @@ def _default_feat_dim(backbone: str, head: str) -> int:
 
 def resolve_spec(spec: dict) -> dict:
     """Validate a segformer spec (keys: see ``segadapt.models.build_model``) and fill defaults."""
-    backbone = spec.get("backbone", "mit_b5")
-    if backbone not in VARIANTS:
-        raise UsageError(f"unknown backbone {backbone!r} for arch 'segformer'; choose one of {', '.join(VARIANTS)}")
-    head = spec.get("head", "segformer")
-    if head not in HEADS:
-        raise UsageError(f"unknown head {head!r} for arch 'segformer'; choose one of {', '.join(HEADS)}")
+    backbone = spec_choice(spec, "backbone", "mit_b5", VARIANTS, "segformer")
+    head = spec_choice(spec, "head", "segformer", HEADS, "segformer")
     out = {
         "arch": "segformer",
         "backbone": backbone,

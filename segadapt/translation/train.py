@@ -6,11 +6,11 @@ with the discriminators frozen, then D_T and D_S on their LSGAN loss against the
 the same iteration. Adam (lr 2e-4, betas 0.5/0.999) for both; the learning rate stays constant, then
 decays linearly towards 0 from ``optim.decay_start`` (a fraction of the iterations), as in CycleGAN.
 
-The run folder follows the segmentation stages' conventions (engine/trainer.py): ``prepare_run_dir``
-refuses to overwrite without --resume/--force, a flock on the folder, ``config.yaml``,
-``metrics.jsonl``, an atomic ``last.pt`` readable with ``weights_only=True``; batches come from the
-deterministic streams of data/sampling.py, so a resumed run logs exactly what the uninterrupted one
-would have logged.
+The run is the segmentation stages' (engine/trainer.py): ``start_run`` locks the folder and refuses to
+overwrite without --resume/--force, ``StageTrainer`` writes ``config.yaml``, draws the batches from the
+deterministic streams of data/sampling.py and runs the shared loop (``metrics.jsonl``, an atomic
+``last.pt`` readable with ``weights_only=True``), so a resumed run logs exactly what the uninterrupted
+one would have logged. The translator supplies its networks, one iteration and its checkpoint.
 """
 
 from __future__ import annotations
@@ -21,18 +21,14 @@ import torch
 from torch import nn
 
 from segadapt import config as C
-from segadapt.config import dump_config, provenance
-from segadapt.console import log
+from segadapt.config import provenance
 from segadapt.data.datasets import TrainCrops
-from segadapt.data.io import write_text
 from segadapt.data.prepared import PreparedDataset
-from segadapt.data.sampling import make_stream, sample_seed
 from segadapt.engine import distributed as D
-from segadapt.engine.checkpoint import RunLock, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from segadapt.engine.checkpoint import RunLock, rng_state, save_checkpoint, set_rng_state
 from segadapt.engine.device import amp_dtype, autocast, resolve_device
-from segadapt.engine.loop import run_iterations
-from segadapt.engine.runlog import check_log_config, tensorboard_enabled
-from segadapt.engine.trainer import check_resume_config, prepare_run_dir, seed_everything
+from segadapt.engine.runlog import check_log_config
+from segadapt.engine.trainer import StageTrainer, seed_everything, start_run
 from segadapt.errors import DataError, UsageError
 from segadapt.translation.losses import (EDGE_MODES, cycle_loss, discriminator_loss, lsgan_loss,
                                          semantic_edge_loss)
@@ -204,9 +200,12 @@ class TranslatorStep:
 
 # -- the run ---------------------------------------------------------------------------------------
 
-class TranslatorTrainer:
+class TranslatorTrainer(StageTrainer):
+    label = "train-translator"
+    noun = "translator iterations"
+
     def __init__(self, cfg: dict, source_items, target_items, out: Path, device, resume_ckpt: dict | None = None):
-        self.cfg, self.out, self.device = cfg, Path(out), device
+        super().__init__(cfg, out, device)
         setting = str(cfg["train"].get("amp", "off"))
         amp = amp_dtype(setting, device)
         if amp == torch.float16:  # fp16 needs a loss scaler per optimiser; bf16 does not
@@ -214,8 +213,6 @@ class TranslatorTrainer:
                 raise UsageError("train.amp: the translator trains in fp32 or bf16 (off, auto, bf16)")
             amp = None
         self.core = TranslatorStep(cfg, device, amp)
-        self.seed, self.iters = int(cfg["seed"]), int(cfg["optim"]["iters"])
-        self.start = 0
         if resume_ckpt is not None:
             self.core.load_state(resume_ckpt)
             set_rng_state(resume_ckpt.get("rng", {}))
@@ -233,35 +230,23 @@ class TranslatorTrainer:
     def save(self, iteration: int) -> None:
         save_checkpoint(self.out / "last.pt", self.payload(iteration))
 
-    def fit(self) -> dict:
-        write_text(self.out / "config.yaml",
-                   "# resolved configuration of this run\n" + dump_config({**self.cfg, "provenance": provenance()}))
-        if self.start >= self.iters:
-            log(f"run in {self.out} already finished ({self.iters} iterations)")
-            return {"iterations": self.iters}
-        t = self.cfg["train"]
-        log_every, ckpt_every = int(t["log_every"]), int(t["ckpt_every"])
-        bs, workers = int(self.cfg["data"]["batch_size"]), int(self.cfg["data"].get("workers", 0))
-        src = make_stream(self.source_ds, bs, self.seed, 0, self.start, self.iters, workers)
-        tgt = make_stream(self.target_ds, bs, self.seed, 1, self.start, self.iters, workers)
+    def streams(self):
+        return {"source": self.stream(self.source_ds, 0), "target": self.stream(self.target_ds, 1)}
 
-        def step(it, stop):
-            torch.manual_seed(sample_seed(self.seed, 99, it))  # as the segmentation engine does
-            sb, tb = next(src), next(tgt)
-            xs, ys = sb["image"].to(self.device), sb["label"].to(self.device)
-            xt = tb["image"].to(self.device)
-            lr = self.core.set_lr(it, self.iters)
-            try:
-                logs = self.core.step(xs, ys, xt)
-            except DataError as e:
-                raise DataError(f"{e} at iteration {it}; last good checkpoint: {self.out / 'last.pt'}") from None
-            return lr, logs, stop.signal is not None
+    def in_update(self):
+        return self.core.in_update
 
-        return run_iterations(step, start=self.start, iters=self.iters, out=self.out, save=self.save,
-                              log_every=log_every, ckpt_every=ckpt_every, label="train-translator",
-                              info=lambda g: f"G {g['loss_g']:.3f} D {g['loss_d']:.3f}",
-                              in_update=lambda: self.core.in_update, noun="translator iterations",
-                              batch_size=bs, device=self.device, tensorboard=tensorboard_enabled(self.cfg))
+    def info(self, logs):
+        return f"G {logs['loss_g']:.3f} D {logs['loss_d']:.3f}"
+
+    def iteration(self, it, batch, stop):
+        xs, ys, xt = batch["source"]["image"], batch["source"]["label"], batch["target"]["image"]
+        lr = self.core.set_lr(it, self.iters)
+        try:
+            logs = self.core.step(xs, ys, xt)
+        except DataError as e:
+            raise DataError(f"{e} at iteration {it}; last good checkpoint: {self.out / 'last.pt'}") from None
+        return lr, logs, stop.signal is not None
 
 
 def _items(root: Path, split: str, need_labels: bool, what: str):
@@ -286,17 +271,8 @@ def run_train_translator(*, config: str, source: Path, target: Path, out: Path, 
     source_items = _items(source, str(d["source_split"]), float(cfg["loss"]["edge_weight"]) > 0, "source")
     target_items = _items(target, str(d["target_split"]), False, "target")  # target labels never reach training
     device = resolve_device(cfg["train"].get("device", "auto"))
-    RunLock(out).acquire()
     try:
-        resume_ckpt = None
-        if prepare_run_dir(out, resume, force):
-            resume_ckpt = load_checkpoint(Path(out) / "last.pt")
-            if resume_ckpt.get("stage") != STAGE:
-                raise DataError(f"{out}/last.pt is not a translator checkpoint (stage {resume_ckpt.get('stage')!r})")
-            check_resume_config(resume_ckpt, cfg, out)
-            log(f"resuming {out} at iteration {resume_ckpt['iteration']}")
-        elif resume:
-            log(f"nothing to resume in {out}; starting from iteration 0")
+        resume_ckpt = start_run(out, cfg, resume, force, stage=STAGE)
         seed_everything(int(cfg["seed"]))
         trainer = TranslatorTrainer(cfg, source_items, target_items, out, device, resume_ckpt)
         return trainer.fit()

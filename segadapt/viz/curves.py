@@ -8,6 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from segadapt.data.io import read_text
 from segadapt.engine.runlog import WALL_CLOCK_KEYS
 from segadapt.errors import DataError, UsageError
 
@@ -22,12 +23,7 @@ def load_metrics(jsonl_path: str | Path) -> list[dict]:
     anywhere else means the file is corrupt (DataError), as does a missing file or one with no
     records."""
     path = Path(jsonl_path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise DataError(f"missing metrics file {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read metrics file {path}: {e}") from None
+    text = read_text(path, "metrics file")
     lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     records = []
     for k, (n, line) in enumerate(lines):

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from segadapt.data.labelspace import IGNORE
-from segadapt.data.prepare.common import FORCE, IMAGE_SIZE, OUT, ROOT, SPLITS, WORKERS, RawItem, converter, prepare
-from segadapt.errors import DataError, UsageError
+from segadapt.data.prepare.common import FORCE, IMAGE_SIZE, OUT, ROOT, SPLITS, WORKERS, RawItem, chosen_splits, converter, prepare
+from segadapt.errors import DataError
 
 KIND = "bdd100k"
 LABEL_SPACE = "cityscapes19"
@@ -40,22 +40,6 @@ class BddLabels:
         return raw.astype(np.uint8, copy=False)
 
 
-def _chosen_splits(root: Path, splits) -> list[str]:
-    if splits is None:
-        chosen = [s for s in DEFAULT_SPLITS if (root / s).is_dir()]
-        if not chosen:
-            raise DataError(f"no split folder ({', '.join(DEFAULT_SPLITS)}) in {root}")
-        return chosen
-    chosen = list(dict.fromkeys([splits] if isinstance(splits, str) else splits))
-    if not chosen:
-        raise UsageError("no split chosen")
-    absent = [s for s in chosen if not (root / s).is_dir()]
-    if absent:
-        have = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise DataError(f"split {', '.join(absent)} not found in {root} (available: {', '.join(have) or 'none'})")
-    return chosen
-
-
 def find_items(raw_root: str | Path, splits=None) -> tuple[list[RawItem], dict[str, bool]]:
     """Items of the chosen splits (default: whichever of train/val/test exist) and, per split,
     whether it has labels (a split without a masks folder is image-only)."""
@@ -68,7 +52,7 @@ def find_items(raw_root: str | Path, splits=None) -> tuple[list[RawItem], dict[s
                         "(expected images/10k/<split>/*.jpg and labels/sem_seg/masks/<split>/*.png)")
     masks = raw / "labels" / "sem_seg" / "masks"
     items, has_labels = [], {}
-    for s in _chosen_splits(images, splits):
+    for s in chosen_splits(images, splits, DEFAULT_SPLITS):
         labelled = s not in IMAGE_ONLY_SPLITS and (masks / s).is_dir()
         has_labels[s] = labelled
         img = [p for p in (images / s).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS]

@@ -68,19 +68,9 @@ def find_items(raw_root: str | Path, splits=None, sequences=None) -> tuple[list[
     if not raw.is_dir():
         raise DataError(f"CamVid raw folder {raw} does not exist")
     seqs = parse_sequences(sequences)
-    if splits is None:
-        chosen = [s for s in DEFAULT_SPLITS if (raw / s).is_dir()]
-        if not chosen:
-            raise DataError(f"{raw} is not a CamVid folder: no {', '.join(DEFAULT_SPLITS)} folder "
-                            "(expected <split>/*.png and <split>annot/*.png)")
-    else:
-        chosen = list(dict.fromkeys([splits] if isinstance(splits, str) else splits))
-        if not chosen:
-            raise UsageError("no split chosen")
-        absent = [s for s in chosen if not (raw / s).is_dir() or s.endswith("annot")]
-        if absent:
-            have = sorted(p.name for p in raw.iterdir() if p.is_dir() and not p.name.endswith("annot"))
-            raise DataError(f"split {', '.join(absent)} not found in {raw} (available: {', '.join(have) or 'none'})")
+    chosen = chosen_splits(raw, splits, DEFAULT_SPLITS, is_split=lambda name: not name.endswith("annot"),
+                           none_found=f"{raw} is not a CamVid folder: no {', '.join(DEFAULT_SPLITS)} folder "
+                                      "(expected <split>/*.png and <split>annot/*.png)")
 
     items, has_labels, present = [], {}, set()
     for s in chosen:

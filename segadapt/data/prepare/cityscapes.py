@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 
 from segadapt.data.labelspace import CITYSCAPES_LABELID_TO_TRAINID
-from segadapt.data.prepare.common import (FORCE, IMAGE_SIZE, OUT, ROOT, SPLITS, WORKERS, LutLabels, RawItem, converter,
+from segadapt.data.prepare.common import (FORCE, IMAGE_SIZE, OUT, ROOT, SPLITS, WORKERS, LutLabels, RawItem, chosen_splits, converter,
                                           prepare)
-from segadapt.errors import DataError, UsageError
+from segadapt.errors import DataError
 
 KIND = "cityscapes"
 LABEL_SPACE = "cityscapes19"
@@ -34,18 +34,7 @@ def find_items(raw_root: str | Path, splits=None) -> tuple[list[RawItem], dict[s
     if not left.is_dir():
         raise DataError(f"{raw} is not a Cityscapes folder: missing leftImg8bit/ "
                         "(expected leftImg8bit/<split>/<city>/*_leftImg8bit.png and gtFine/<split>/<city>/)")
-    if splits is None:
-        chosen = [s for s in DEFAULT_SPLITS if (left / s).is_dir()]
-        if not chosen:
-            raise DataError(f"no split folder ({', '.join(DEFAULT_SPLITS)}) in {left}")
-    else:
-        chosen = list(dict.fromkeys([splits] if isinstance(splits, str) else splits))
-        if not chosen:
-            raise UsageError("no split chosen")
-        absent = [s for s in chosen if not (left / s).is_dir()]
-        if absent:
-            have = sorted(p.name for p in left.iterdir() if p.is_dir())
-            raise DataError(f"split {', '.join(absent)} not found in {left} (available: {', '.join(have) or 'none'})")
+    chosen = chosen_splits(left, splits, DEFAULT_SPLITS)
 
     items, has_labels = [], {}
     for s in chosen:

@@ -78,6 +78,26 @@ class LutLabels:
         return self.lut[raw]
 
 
+def chosen_splits(root: Path, splits, defaults: Sequence[str], is_split: Callable[[str], bool] = lambda name: True,
+                  none_found: str | None = None) -> list[str]:
+    """The split folders of ``root`` to convert: ``splits`` (a name or a list; repeats dropped; each must be
+    a folder of ``root`` that ``is_split``) or, when None, whichever of ``defaults`` exist (DataError
+    ``none_found`` when none does)."""
+    if splits is None:
+        chosen = [s for s in defaults if (root / s).is_dir()]
+        if not chosen:
+            raise DataError(none_found or f"no split folder ({', '.join(defaults)}) in {root}")
+        return chosen
+    chosen = list(dict.fromkeys([splits] if isinstance(splits, str) else splits))
+    if not chosen:
+        raise UsageError("no split chosen")
+    absent = [s for s in chosen if not (root / s).is_dir() or not is_split(s)]
+    if absent:
+        have = sorted(p.name for p in root.iterdir() if p.is_dir() and is_split(p.name))
+        raise DataError(f"split {', '.join(absent)} not found in {root} (available: {', '.join(have) or 'none'})")
+    return chosen
+
+
 def parse_image_size(text, option: str = "--image-size") -> tuple[int, int] | None:
     """'720x1280' (height x width, PyTorch's order) -> (720, 1280). None/'' -> None; an (H, W) pair
     passes through after checking. ``option`` names the setting in messages."""

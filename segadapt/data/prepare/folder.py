@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from segadapt.data.io import read_label
+from segadapt.data.io import read_label, read_text
 from segadapt.data.labelspace import IGNORE, LABEL_SPACES, LabelSpace
 from segadapt.data.prepare.common import (FORCE, IMAGE_SIZE, OUT, ROOT, SPLITS, WORKERS, ConverterOption, RawItem,
                                           converter, prepare)
@@ -110,12 +110,7 @@ def load_classes(path) -> tuple[LabelSpace, dict[int, int], list[int]]:
     if path is None:
         raise UsageError("prepare-data folder needs --classes FILE (YAML: name, classes: [{value, name, color}], ignore)")
     p = Path(path).expanduser()
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise UsageError(f"classes file {p} not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read classes file {p}: {e}") from None
+    text = read_text(p, "classes file", UsageError)
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
