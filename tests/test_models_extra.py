@@ -275,7 +275,7 @@ def test_packaged_configs_for_new_models():
     for name in synthia:
         cfg = C.load_config(f"synthia_cityscapes/{name}")
         resolve_spec(cfg["model"], 19)
-        assert cfg["data"]["source_size"] == [1280, 760]
+        assert cfg["data"]["source_resize"] == [760, 1280]
         if "diga" in name:
             assert cfg["diga"]["skd_weight"] == 0.25 and cfg["diga"]["skd_reverse_weight"] == 0.25
     assert C.load_config("synthia_cityscapes/diga_self_train_daformer")["model"]["pretrained"] is None

@@ -74,15 +74,17 @@ class Trainer:
 
     def __init__(self, *, cfg: dict, method, label_space, source_items, target_items, out: Path, device,
                  resume_ckpt: dict | None, extra_ckpt: dict | None = None, source_counts=None,
-                 source_label_lut=None):
+                 source_label_lut=None, config_docs: dict | None = None):
+        """``config_docs``: {top-level key: section dataclass or doc} that comment RUN/config.yaml."""
         self.cfg, self.method, self.label_space = cfg, method, label_space
+        self.config_docs = config_docs
         self.out, self.device = Path(out), device
         self.dist = D.info()  # rank 0 alone writes; every rank trains on its slice of the global batch
         self.seed = int(cfg["seed"])
         self.iters = int(cfg["optim"]["iters"])
         tcfg = cfg["train"]
-        self.amp = amp_dtype(tcfg.get("amp", "auto"), device)
-        self.channels_last = use_channels_last(tcfg.get("channels_last", "auto"), device)
+        self.amp = amp_dtype(tcfg["amp"], device)
+        self.channels_last = use_channels_last(tcfg["channels_last"], device)
         self.extra_ckpt = extra_ckpt or {}
         for m in method.modules().values():
             m.to(device)
@@ -92,10 +94,10 @@ class Trainer:
             D.broadcast_module_(m)
         # the networks the methods run every step; extra heads (projectors) are small and stay eager
         self.compiled = compile_modules([m for k, m in method.modules().items() if k in ("student", "teacher")],
-                                        tcfg.get("compile", False), device,
-                                        str(tcfg.get("compile_backend", "inductor")))
+                                        tcfg["compile"], device,
+                                        tcfg["compile_backend"])
         self.optimizer = build_optimizer(method.param_groups(), cfg["optim"])
-        self.accum = int(tcfg.get("grad_accum", 1))
+        self.accum = int(tcfg["grad_accum"])
         if self.accum < 1:
             raise UsageError(f"train.grad_accum must be >= 1, got {self.accum}")
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
@@ -103,19 +105,19 @@ class Trainer:
         if resume_ckpt is not None:
             self._restore(resume_ckpt)
         d = cfg["data"]
-        crop, scale, flip = d["crop"], d.get("scale", [1.0, 1.0]), d.get("flip", True)
-        self.source_ds = TrainCrops(source_items, crop, scale, flip, base_size=d.get("source_size"),
+        crop, scale, flip = d["crop"], d["scale"], d["flip"]
+        self.source_ds = TrainCrops(source_items, crop, scale, flip, resize=d["source_resize"],
                                     label_lut=source_label_lut)
-        self.target_ds = (TrainCrops(target_items, crop, scale, flip, base_size=d.get("target_size"))
+        self.target_ds = (TrainCrops(target_items, crop, scale, flip, resize=d["target_resize"])
                           if target_items is not None else None)
-        self.workers = int(d.get("workers", 0))
+        self.workers = int(d["workers"])
         self.source_choice = None
-        rcs = d.get("rare_class_sampling") or {}
-        if rcs.get("enabled"):
+        rcs = d["rare_class_sampling"]
+        if rcs["enabled"]:
             if source_counts is None:
                 raise UsageError("rare-class sampling needs the source's class counts (stats/ of prepare-data)")
-            self.source_choice = RareClassSampling(source_counts, float(rcs.get("temperature", 0.01)),
-                                                   int(rcs.get("min_pixels", 3000)))
+            self.source_choice = RareClassSampling(source_counts, float(rcs["temperature"]),
+                                                   int(rcs["min_pixels"]))
 
     # -- checkpointing -------------------------------------------------------------------------
     def _restore(self, ckpt: dict) -> None:
@@ -155,7 +157,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         save_checkpoint(self.out / "last.pt", self.checkpoint_payload(iteration))
-        keep = int(self.cfg["train"].get("keep_every", 0))
+        keep = int(self.cfg["train"]["keep_every"])
         if keep and iteration % keep == 0 and iteration < self.iters:
             copy_checkpoint(self.out / "last.pt", self.out / f"iter_{iteration:07d}.pt")  # atomic: kill -9 safe
 
@@ -201,7 +203,8 @@ class Trainer:
     def fit(self) -> dict:
         if self.dist.is_main:
             write_text(self.out / "config.yaml",
-                       "# resolved configuration of this run\n" + dump_config({**self.cfg, "provenance": {**provenance(), "compile": self.compiled}}))
+                       "# resolved configuration of this run\n" + dump_config({**self.cfg, "provenance": {**provenance(), "compile": self.compiled}},
+                                   self.config_docs))
         if self.start >= self.iters:
             log(f"run in {self.out} already finished ({self.iters} iterations)")
             return {"iterations": self.iters}
@@ -232,7 +235,7 @@ class Trainer:
             return lr, {"loss": loss.item(), **logs}, stopping
 
         return run_iterations(step, start=self.start, iters=self.iters, out=self.out, save=self.save,
-                              log_every=int(tcfg.get("log_every", 10)), ckpt_every=int(tcfg.get("ckpt_every", 500)),
+                              log_every=int(tcfg["log_every"]), ckpt_every=int(tcfg["ckpt_every"]),
                               label=f"{self.method.stage} {self.method.name}", info=lambda g: f"loss {g['loss']:.4f}",
                               in_update=lambda: updating[0], is_main=self.dist.is_main,
                               batch_size=int(self.cfg["data"]["batch_size"]), device=self.device,
