@@ -74,7 +74,7 @@ def settable_keys(stage: str) -> set:
 
     out = {"seed", "method"}
     for top, cls in {**ENGINE_SECTIONS, **_section_classes(stage)}.items():
-        out |= {top} | {f"{top}.{k}" for k in schema.known_keys(cls)}
+        out |= {top} | {f"{top}.{k}" for k in schema.known_keys(cls) + list(getattr(cls, "renamed", {}))}
     return out
 
 

@@ -102,7 +102,7 @@ TRANSLATOR_SECTIONS = {"seed": "every random choice (initialisation, crops) deri
 
 def resolve_translator_config(config: str, overrides: list[str], iters: int | None) -> dict:
     settable = {"seed"} | {f"{top}.{k}" for top, cls in TRANSLATOR_SECTIONS.items() if isinstance(cls, type)
-                           for k in schema.known_keys(cls)}
+                           for k in schema.known_keys(cls) + list(getattr(cls, "renamed", {}))}
     cfg = C.apply_overrides(C.load_config(config), list(overrides), settable=settable)
     if iters is not None:
         if iters <= 0:
