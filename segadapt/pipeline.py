@@ -24,7 +24,6 @@ from segadapt.engine.trainer import Trainer, check_resume_config, load_resume, p
 from segadapt.errors import DataError, SegadaptError, UsageError
 from segadapt.methods import METHODS, method_class
 from segadapt.models import model_signature, resolve_spec
-from segadapt.registry import close_matches
 from segadapt.models.segmenter import build_segmenter
 
 
@@ -86,14 +85,7 @@ def validate_train_config(cfg: dict, stage: str) -> dict:
     from segadapt.engine.run_config import ENGINE_SECTIONS, TOP_LEVEL_DOCS
 
     sections = config_sections(cfg, stage)
-    known = [*TOP_LEVEL_DOCS, *ENGINE_SECTIONS, *_section_classes(stage)]
-    for key in cfg:
-        if key not in known:
-            raise UsageError(f"unknown config section '{key}'{close_matches(key, known)} "
-                             f"(known: {', '.join(known)})")
-    seed = cfg["seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise UsageError(f"seed accepts integers >= 0, got {seed!r}")
+    schema.check_top_level(cfg, [*TOP_LEVEL_DOCS, *ENGINE_SECTIONS, *_section_classes(stage)])
     out = {}
     for key, value in cfg.items():
         cls = sections.get(key)

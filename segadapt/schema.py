@@ -218,6 +218,18 @@ def as_config(cls, value, prefix: str):
     return value if isinstance(value, cls) else parse(cls, value, prefix)
 
 
+def check_top_level(cfg: dict, known) -> None:
+    """A whole config's top level: every key one of ``known`` (else the close matches), and ``seed`` a
+    non-negative integer."""
+    known = list(known)
+    for key in cfg:
+        if key not in known:
+            raise UsageError(f"unknown config section '{key}'{close_matches(key, known)} (known: {', '.join(known)})")
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UsageError(f"seed accepts integers >= 0, got {seed!r}")
+
+
 def to_dict(obj) -> dict:
     """A parsed section back as plain YAML-ready values (nested sections as dicts)."""
     return {f.name: (to_dict(v) if dataclasses.is_dataclass(v) else copy.deepcopy(v))

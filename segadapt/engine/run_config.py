@@ -28,9 +28,10 @@ class RareClassSamplingConfig:
 
 
 @dataclass
-class DataConfig:
+class CropsConfig:
+    """Random crops of both domains (what segmentation stages and the translator share)."""
     renamed = SIZE_RENAMED
-    source_split: str = setting(doc="split of --source used for training (with labels); a+b = union of splits")
+    source_split: str = setting(doc="split of --source used for training (with labels)")
     target_split: str = setting(doc="split of --target used for training (images only, or pseudo-labels)")
     crop: list[int] = setting(doc="training crop [H, W]", length=2, lo=1)
     batch_size: int = setting(doc="images per iteration from each domain (the global batch)", lo=1)
@@ -41,6 +42,10 @@ class DataConfig:
                                  lo_open=True)
     flip: bool = setting(True, "random horizontal flip")
     workers: int = setting(0, "data-loader processes (0 = in the main process)", lo=0)
+
+
+@dataclass
+class DataConfig(CropsConfig):
     source_label_map: dict | None = setting(None, "{source class: target class or null} to train a source of "
                                             "another label space")
     rare_class_sampling: RareClassSamplingConfig = setting(RareClassSamplingConfig,
@@ -58,9 +63,6 @@ class OptimConfig:
     betas: list[float] = setting([0.9, 0.999], "AdamW betas", length=2, lo=0, hi=1, hi_open=True)
     poly_power: float = setting(0.9, "lr = base * (1 - it / iters) ** power", lo=0)
     warmup_iters: int = setting(0, "linear warm-up of the learning rate over this many iterations", lo=0)
-
-    def check(self, prefix):
-        pass
 
 
 @dataclass

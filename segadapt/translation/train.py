@@ -33,11 +33,10 @@ from segadapt.engine import distributed as D
 from segadapt.engine.checkpoint import RunLock, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segadapt.engine.device import amp_dtype, autocast, resolve_device
 from segadapt.engine.loop import run_iterations
-from segadapt.engine.run_config import SIZE_RENAMED, LogConfig
+from segadapt.engine.run_config import CropsConfig, LogConfig
 from segadapt.engine.runlog import check_log_config, tensorboard_enabled
 from segadapt.engine.trainer import check_resume_config, prepare_run_dir, seed_everything
 from segadapt.errors import DataError, UsageError
-from segadapt.registry import close_matches
 from segadapt.schema import setting
 from segadapt.translation.losses import (EDGE_MODES, cycle_loss, discriminator_loss, lsgan_loss,
                                          semantic_edge_loss)
@@ -49,19 +48,9 @@ STAGE = "translator"  # the checkpoint's "stage": what DiGA checks before loadin
 # -- configuration ---------------------------------------------------------------------------------
 
 @dataclass
-class TranslatorDataConfig:
-    renamed = SIZE_RENAMED
-    source_split: str = setting(doc="split of --source (labels feed the semantic-edge loss)")
-    target_split: str = setting(doc="split of --target (images only)")
+class TranslatorDataConfig(CropsConfig):
+    """The segmentation stages' crops of both domains; the edge loss reads the source labels."""
     crop: list[int] = setting(doc="training crop [H, W]; the generator is fully convolutional", length=2, lo=4)
-    batch_size: int = setting(doc="images per iteration from each domain (CycleGAN: 1)", lo=1)
-    source_resize: list[int] | None = setting(None, "[H, W] every source image is resized to first (null = as "
-                                              "stored)", length=2, lo=1)
-    target_resize: list[int] | None = setting(None, "[H, W] the same for target images", length=2, lo=1)
-    scale: list[float] = setting([1.0, 1.0], "random rescale range [min, max] before cropping", length=2, lo=0,
-                                 lo_open=True)
-    flip: bool = setting(True, "random horizontal flip")
-    workers: int = setting(0, "data-loader processes", lo=0)
 
 
 @dataclass
@@ -118,13 +107,7 @@ def resolve_translator_config(config: str, overrides: list[str], iters: int | No
 def check_translator_config(cfg: dict) -> dict:
     """Every section checked by its dataclass (bad keys and values -> one-line UsageError before anything
     is built or written); returns the complete config, defaults filled in."""
-    for key in cfg:
-        if key not in TRANSLATOR_SECTIONS:
-            raise UsageError(f"unknown config section '{key}'{close_matches(key, TRANSLATOR_SECTIONS)} "
-                             f"(known: {', '.join(TRANSLATOR_SECTIONS)})")
-    seed = cfg["seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise UsageError(f"seed accepts integers >= 0, got {seed!r}")
+    schema.check_top_level(cfg, TRANSLATOR_SECTIONS)
     out = {k: schema.to_dict(schema.parse(cls, cfg.get(k), k)) if isinstance(cls, type) else cfg[k]
            for k, cls in TRANSLATOR_SECTIONS.items() if k in cfg or isinstance(cls, type)}
     # the coarsest PatchGAN sees the crop pooled (scales - 1) times by 2; after its `layers` stride-2 convs
