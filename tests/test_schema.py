@@ -15,6 +15,7 @@ from segadapt.errors import UsageError
 from segadapt.methods import METHODS
 from segadapt.pipeline import config_sections, resolve_train_config
 from segadapt.translation.train import resolve_translator_config
+from conftest import TINY_OVERRIDES
 
 ALL_METHODS = sorted({(stage, name) for stage, names in METHODS.items() for name in names})
 
@@ -180,3 +181,20 @@ def test_a_typo_on_the_command_line_exits_2_with_one_line(tmp_path):
                        capture_output=True, text=True)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "diga.skd_wieght" in p.stderr and "did you mean: skd_weight" in p.stderr
+
+
+def test_a_run_writes_its_complete_commented_config_and_resumes_from_it(tiny_bench, tmp_path):
+    from segadapt.engine.checkpoint import load_checkpoint
+    from segadapt.pipeline import run_warmup
+
+    kw = dict(config="synthetic/source_only", source=tiny_bench / "source", target=None, out=tmp_path / "run",
+              overrides=TINY_OVERRIDES)
+    run_warmup(iters=1, **kw)
+    text = (tmp_path / "run" / "config.yaml").read_text()
+    written = yaml.safe_load(text)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert {k: v for k, v in written.items() if k != "provenance"} == ckpt["config"]
+    assert "  grad_accum: 1  # split each iteration's batch into N micro-batches (same global batch)" in text
+    run_warmup(iters=1, resume=True, **kw)  # the same config: accepted (the run is already finished)
+    with pytest.raises(UsageError, match=r"differs in: train\.grad_accum\)"):  # a real change is refused
+        run_warmup(iters=1, resume=True, **{**kw, "overrides": TINY_OVERRIDES + ["train.grad_accum=2"]})
