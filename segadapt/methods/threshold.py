@@ -30,7 +30,7 @@ from segadapt.console import log
 from segadapt.data.labelspace import IGNORE
 from segadapt.data.mixing import class_mix_mask, mix
 from segadapt.engine.pseudo_label import CONF_SCALE, load_confidence_histogram
-from segadapt.errors import DataError, UsageError
+from segadapt.errors import DataError
 from segadapt.methods.base import Method, seg_ce
 from segadapt.schema import setting
 
