@@ -6,7 +6,7 @@ bench_setup() {
     OUT=$1 BENCH=$2
     SEGADAPT=${SEGADAPT:-segadapt}
     export SEGADAPT_QUIET=1
-    SEED=$(sed -n 's/^seed: *//p' "$OUT/warmup/config.yaml" | head -1)
+    SEED=$(sed -n 's/^seed: *\([^ #]*\).*/\1/p' "$OUT/warmup/config.yaml" | head -1)
     S=(--set "seed=$SEED" --resume)
     case $BENCH in
         synthetic) SRC=$OUT/data/source TGT=$OUT/data/target EVAL=(--data "$OUT/data/target" --split val) ;;

@@ -31,7 +31,7 @@ import numpy as np
 os.environ.setdefault("SEGADAPT_QUIET", "1")
 
 SOURCE_SIZE, TARGET_SIZE = (1914, 1052), (2048, 1024)
-SOURCE_BASE, TARGET_BASE = (1280, 720), (1024, 512)  # data.source_size / target_size of gta5_cityscapes
+SOURCE_BASE, TARGET_BASE = (720, 1280), (512, 1024)  # data.source_resize / target_resize [H, W] of gta5_cityscapes
 CROP, SCALE, BATCH = (512, 896), (0.75, 1.5), 2
 
 
@@ -59,7 +59,7 @@ def make_files(root: Path, n: int, seed: int = 0):
             i = f"{k:05d}"
             write_png(root / domain / "img" / f"{i}.png", img)
             base = SOURCE_BASE if domain == "src" else TARGET_BASE
-            write_png(root / "resized" / domain / f"{i}.png", cv2.resize(img, base, interpolation=cv2.INTER_AREA))
+            write_png(root / "resized" / domain / f"{i}.png", cv2.resize(img, base[::-1], interpolation=cv2.INTER_AREA))
             if domain == "src":
                 write_png(root / "src/lab" / f"{i}.png", lab, rgb=False)
                 src.append((i, root / "src/img" / f"{i}.png", root / "src/lab" / f"{i}.png"))
@@ -83,10 +83,10 @@ def floor_per_image(items, base) -> tuple[float, float]:
     for _ in range(2):
         t0, c0 = time.perf_counter(), time.process_time()
         for it in items:
-            cv2.resize(read_image(it[1]), base, interpolation=cv2.INTER_AREA)
+            cv2.resize(read_image(it[1]), base[::-1], interpolation=cv2.INTER_AREA)
             for p in it[2:]:
                 if p is not None:
-                    cv2.resize(read_label(p), base, interpolation=cv2.INTER_NEAREST)
+                    cv2.resize(read_label(p), base[::-1], interpolation=cv2.INTER_NEAREST)
         best, cpu = min(best, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
     return best / len(items), cpu / len(items)
 
@@ -135,9 +135,9 @@ def main() -> None:
               for k, v in (("source", src), ("target", tgt))}
         rcs = RareClassSampling(counts, 0.01, 3000)
         streams = {
-            "source crops + RCS": (TrainCrops(src, CROP, SCALE, True, base_size=SOURCE_BASE), rcs, src, SOURCE_BASE),
-            "target crops": (TrainCrops(tgt, CROP, SCALE, True, base_size=TARGET_BASE), None, tgt, TARGET_BASE),
-            "pseudo-label crops + conf": (TrainCrops(pl, CROP, SCALE, True, base_size=TARGET_BASE), None, pl,
+            "source crops + RCS": (TrainCrops(src, CROP, SCALE, True, resize=SOURCE_BASE), rcs, src, SOURCE_BASE),
+            "target crops": (TrainCrops(tgt, CROP, SCALE, True, resize=TARGET_BASE), None, tgt, TARGET_BASE),
+            "pseudo-label crops + conf": (TrainCrops(pl, CROP, SCALE, True, resize=TARGET_BASE), None, pl,
                                           TARGET_BASE),
         }
         floors = {k: floor_per_image(v[2], v[3]) for k, v in streams.items()}  # also warms the page cache

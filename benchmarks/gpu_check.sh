@@ -113,7 +113,7 @@ if [ "$TINY" = 1 ]; then
   SIZE=(256 128); N=4; CFG=synthetic/source_only; MODEL_SET=(--set data.crop=[64,64])
 else
   SIZE=(2048 1024); N=24; CFG=gta5_cityscapes/source_only
-  MODEL_SET=(--set model.pretrained=null --set data.crop=[512,896] --set data.source_size=null)
+  MODEL_SET=(--set model.pretrained=null --set data.crop=[512,896] --set data.source_resize=null)
 fi
 rm -rf "$DATA" "$OUT/run"
 step inputs "$PY" -c "

@@ -18,8 +18,8 @@ for m in plca dacs; do
     $SEGADAPT warmup -c $BENCH/$m --source "$SRC" --target "$TGT" --out "$OUT/m_$m" "${S[@]}" > /dev/null
 done
 # the self-training rows share DiGA's self-training schedule (iterations and learning rate)
-ITERS=$(sed -n 's/^  iters: *//p' "$OUT/self_train_1/config.yaml" | head -1)
-LR=$(sed -n 's/^  lr: *//p' "$OUT/self_train_1/config.yaml" | head -1)
+ITERS=$(sed -n 's/^  iters: *\([^ #]*\).*/\1/p' "$OUT/self_train_1/config.yaml" | head -1)  # comments cut
+LR=$(sed -n 's/^  lr: *\([^ #]*\).*/\1/p' "$OUT/self_train_1/config.yaml" | head -1)
 for m in t2s threshold dacs; do
     $SEGADAPT self-train -c $BENCH/$m --method $m --ckpt "$OUT/warmup/last.pt" --pseudo-labels "$OUT/pl_1" \
         --source "$SRC" --target "$TGT" --out "$OUT/m_st_$m" "${S[@]}" --iters "$ITERS" --set "optim.lr=$LR" > /dev/null

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every paper-scale config starts and runs its first iterations (CPU here, GPU when there is one):
 # small raw GTA5/Cityscapes-layout sets from the synthetic generator, upscaled by the configs'
-# source_size/target_size to paper resolution, paper crops and models (ImageNet weights replaced by
+# source_resize/target_resize to paper resolution, paper crops and models (ImageNet weights replaced by
 # random init: no network). Prints seconds per stage.
 #   benchmarks/paper_configs_smoke.sh OUT [ITERS]
 # SMALL=1 keeps every model and setting but trains 128x128 crops of 256x128 images (a CPU check that
@@ -15,7 +15,7 @@ DATA=$OUT/data
 $SEGADAPT prepare-data synthetic --out "$DATA" --n-source 4 --n-target-train 4 --n-target-val 2 --image-size 128x256 > /dev/null
 NOW=(--set model.pretrained=null --set data.workers=0 --set train.ckpt_every=1 --iters "$ITERS" --force)
 if [ "${SMALL:-0}" = 1 ]; then
-    NOW+=(--set "data.crop=[128,128]" --set "data.source_size=[256,128]" --set "data.target_size=[256,128]")
+    NOW+=(--set "data.crop=[128,128]" --set "data.source_resize=[128,256]" --set "data.target_resize=[128,256]")
 fi
 
 run() {  # name, then the command

@@ -37,9 +37,9 @@ import time
 
 import torch
 
-from segadapt.config import load_config
 from segadapt.engine.device import amp_dtype, autocast, compile_modules
 from segadapt.engine.optim import build_optimizer
+from segadapt.pipeline import resolve_train_config
 from segadapt.methods import METHODS
 from segadapt.models.segmenter import build_segmenter
 
@@ -187,7 +187,7 @@ def main() -> None:
 
     setups = []
     for stage, name, config in runs:
-        cfg = load_config(config)
+        cfg = resolve_train_config(config, [], None, None, stage)  # complete: every default filled in
         torch.manual_seed(0)
         student = build_segmenter(spec, c).to(device)
         protos = torch.randn(c, student.spec.get("feat_dim", 256))

@@ -40,7 +40,7 @@ done
 
 # reference: the oracle, trained on the dusk frames' own labels
 $SEGADAPT warmup -c $C/source_only$P --source "$DATA/dusk" --out "$OUT/oracle" --resume "${S[@]}" \
-    --set data.source_split=train --set data.source_size=[240,180]
+    --set data.source_split=train --set data.source_resize=[180,240]
 
 mkdir -p "$OUT/eval"
 for stage in source_only warmup self_train_1 self_train_2 oracle; do

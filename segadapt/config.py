@@ -1,7 +1,10 @@
 """YAML configs: packaged defaults, `base:` inheritance, `--set key=value` overrides, provenance.
 
-A config names a packaged file (`synthetic/diga_warmup`) or a path. Overrides may only touch keys
-that exist in the resolved config, so a typo is an error instead of a silently ignored setting.
+A config names a packaged file (`synthetic/diga_warmup`) or a path. `base:` names one file or a list
+of them (merged left to right, then the file itself on top, as mmseg's `_base_`). Overrides may only
+touch keys that exist in the resolved config or that the typed sections know (``settable``), so a
+typo is an error instead of a silently ignored setting; the typed sections (segadapt/schema.py) then
+check every key and value.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import yaml
 
 from segadapt import __version__
 from segadapt.errors import UsageError
+from segadapt.registry import close_matches
 
 CONFIG_PACKAGE = "segadapt.configs"
 
@@ -64,16 +68,24 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 def load_config(name: str, _seen: tuple = ()) -> dict:
-    """Load a config and the chain of `base:` files it names (paths relative to the file)."""
+    """Load a config and the `base:` files it names (one name or a list, paths relative to the file):
+    the bases merged left to right, then this file's own keys on top."""
     path = _locate(name)
     if path.resolve() in _seen:
         raise UsageError(f"config {path} includes itself through 'base'")
     data = _read_yaml(path)
-    base_name = data.pop("base", None)
-    if base_name is None:
+    bases = data.pop("base", None)
+    if bases is None:
         return data
-    base_path = _locate(base_name, relative_to=path.parent)
-    return deep_merge(load_config(str(base_path), _seen + (path.resolve(),)), data)
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not bases or not all(isinstance(b, str) for b in bases):
+        raise UsageError(f"config {path}: 'base' must be a file name or a list of them, got {bases!r}")
+    merged: dict = {}
+    for base_name in bases:
+        base_path = _locate(base_name, relative_to=path.parent)
+        merged = deep_merge(merged, load_config(str(base_path), _seen + (path.resolve(),)))
+    return deep_merge(merged, data)
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -90,15 +102,26 @@ def parse_override(text: str) -> tuple[list[str], object]:
     return key.split("."), value
 
 
-def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
+def apply_overrides(cfg: dict, overrides: list[str], settable=()) -> dict:
+    """``cfg`` with each ``key=value`` of ``overrides`` set. A key must exist in ``cfg`` or be one of the
+    dotted keys ``settable`` (those the typed sections define, set even where the YAML omits them)."""
     cfg = copy.deepcopy(cfg)
+    settable = set(settable)
     for text in overrides or []:
         keys, value = parse_override(text)
         node = cfg
         for i, k in enumerate(keys):
+            dotted = ".".join(keys[: i + 1])
+            if isinstance(node, dict) and k not in node and dotted in settable:
+                node[k] = {} if i < len(keys) - 1 else None  # a known key the YAML leaves to its default
             if not isinstance(node, dict) or k not in node:
-                known = ", ".join(sorted(node)) if isinstance(node, dict) else "(not a section)"
-                raise UsageError(f"unknown config key '{'.'.join(keys[: i + 1])}' in --set {text} (known here: {known})")
+                known = sorted(node) if isinstance(node, dict) else []
+                prefix = ".".join(keys[:i])
+                known = sorted(set(known) | {s[len(prefix) + 1:].split(".")[0] if prefix else s.split(".")[0]
+                                             for s in settable if not prefix or s.startswith(prefix + ".")})
+                near = close_matches(k, known)
+                raise UsageError(f"unknown config key '{dotted}' in --set {text}{near} "
+                                 f"(known here: {', '.join(known) if known else '(not a section)'})")
             if i == len(keys) - 1:
                 if isinstance(node[k], dict) and not isinstance(value, dict):
                     raise UsageError(f"--set {text}: '{'.'.join(keys)}' is a section, not a value")
@@ -148,5 +171,11 @@ def provenance() -> dict:
     }
 
 
-def dump_config(cfg: dict) -> str:
-    return yaml.safe_dump(cfg, sort_keys=False)
+def dump_config(cfg: dict, sections: dict | None = None) -> str:
+    """YAML of a resolved config; with ``sections`` ({top-level key: section dataclass or doc line}) each
+    key the sections document carries its one-line doc as a comment."""
+    if not sections:
+        return yaml.safe_dump(cfg, sort_keys=False)
+    from segadapt.schema import dump_commented
+
+    return dump_commented(cfg, sections)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from segadapt import config as C
+from segadapt import schema
 from segadapt.console import log
 from segadapt.data.datasets import pseudo_label_items
 from segadapt.data.labelspace import IGNORE, class_map_lut
@@ -21,14 +22,15 @@ from segadapt.engine.pseudo_label import load_pseudo_labels
 from segadapt.engine.runlog import check_log_config
 from segadapt.engine.trainer import Trainer, seed_everything, start_run
 from segadapt.errors import DataError, UsageError
-from segadapt.methods import method_class
-from segadapt.models import model_signature
+from segadapt.methods import METHODS, method_class
+from segadapt.models import model_signature, resolve_spec
 from segadapt.models.segmenter import build_segmenter
 
 
 def resolve_train_config(config: str, overrides: list[str], method: str | None, iters: int | None,
                          stage: str) -> dict:
-    cfg = C.apply_overrides(C.load_config(config), overrides)
+    raw = C.load_config(config)
+    cfg = C.apply_overrides(raw, overrides, settable=settable_keys(stage))
     if method is not None:
         cfg["method"] = method
     if iters is not None:
@@ -37,12 +39,72 @@ def resolve_train_config(config: str, overrides: list[str], method: str | None, 
         cfg.setdefault("optim", {})["iters"] = iters
     for key in ("seed", "method", "model", "data", "optim", "train"):
         C.require(cfg, key)
-    name = cfg["method"]
-    method_class(stage, name)  # an unknown method is named before its missing config section
-    if not isinstance(cfg.get(name), dict):
-        raise UsageError(f"config has no settings section for method '{name}' (add a '{name}:' section)")
+    method_class(stage, cfg["method"])  # an unknown method is named before its settings are checked
+    cfg = validate_train_config(cfg, stage)
     check_log_config(cfg)
     return cfg
+
+
+def _section_classes(stage: str) -> dict:
+    """{method name: its config dataclass}: this stage's methods, then the other stage's (a config may
+    carry the section of a method of the other stage, e.g. a self-train file based on a warm-up one)."""
+    other = [s for s in METHODS if s != stage]
+    out = {}
+    for s in [stage, *other]:
+        for name, cls in METHODS.get(s, {}).items():
+            out.setdefault(name, cls.config_class)
+    return out
+
+
+def config_sections(cfg: dict, stage: str) -> dict:
+    """{top-level key: its section dataclass (or its doc line)} for the keys of ``cfg``: what validates,
+    and documents in RUN/config.yaml, each part of a training config."""
+    from segadapt.engine.run_config import ENGINE_SECTIONS, TOP_LEVEL_DOCS
+
+    methods = _section_classes(stage)
+    if cfg.get("method") in METHODS.get(stage, {}):
+        methods[cfg["method"]] = method_class(stage, cfg["method"]).config_class
+    return {**TOP_LEVEL_DOCS, **ENGINE_SECTIONS, **{k: methods[k] for k in cfg if k in methods}}
+
+
+def settable_keys(stage: str) -> set:
+    """Dotted keys ``--set`` may set even when the YAML omits them: every key of the typed sections."""
+    from segadapt.engine.run_config import ENGINE_SECTIONS
+
+    out = {"seed", "method"}
+    for top, cls in {**ENGINE_SECTIONS, **_section_classes(stage)}.items():
+        out |= {top} | {f"{top}.{k}" for k in schema.known_keys(cls) + list(getattr(cls, "renamed", {}))}
+    return out
+
+
+def validate_train_config(cfg: dict, stage: str) -> dict:
+    """The one check of a whole training config (after `base:` merging and `--set`): every engine
+    section and every method section present (not only the selected method's) parsed by its typed
+    dataclass, the model section by its architecture's spec, unknown top-level keys refused. Returns the
+    complete config: every field, defaults filled in (what RUN/config.yaml and the checkpoint record)."""
+    from segadapt.engine.run_config import ENGINE_SECTIONS, TOP_LEVEL_DOCS
+
+    sections = config_sections(cfg, stage)
+    schema.check_top_level(cfg, [*TOP_LEVEL_DOCS, *ENGINE_SECTIONS, *_section_classes(stage)])
+    out = {}
+    for key, value in cfg.items():
+        cls = sections.get(key)
+        if key == "model":
+            if not isinstance(value, dict):
+                raise UsageError(f"config 'model' must be a section, got {value!r}")
+            resolve_spec(value)  # unknown keys and bad values per architecture
+            out[key] = value
+        elif isinstance(cls, type):
+            out[key] = schema.to_dict(schema.parse(cls, value, key))
+        else:
+            out[key] = value
+    for key, cls in ENGINE_SECTIONS.items():  # a section the YAML leaves out gets its defaults
+        if key not in out:
+            out[key] = schema.to_dict(schema.parse(cls, {}, key))
+    name = cfg["method"]
+    if name not in out:
+        out[name] = schema.to_dict(schema.parse(method_class(stage, name).config_class, {}, name))
+    return out
 
 
 class SourceData:
@@ -55,7 +117,7 @@ class SourceData:
         for split in self.splits:
             if not src.has_labels(split):
                 raise DataError(f"source {src.root} split '{split}' has no labels to train on")
-        mapping = cfg["data"].get("source_label_map")
+        mapping = cfg["data"]["source_label_map"]
         self.label_space, self.lut = src.label_space, None
         if mapping:
             if tgt is None:
@@ -72,7 +134,7 @@ class SourceData:
 
     def class_counts(self, cfg: dict):
         """Per-image counts in the training label space, only when rare-class sampling needs them."""
-        if not (cfg["data"].get("rare_class_sampling") or {}).get("enabled"):
+        if not cfg["data"]["rare_class_sampling"]["enabled"]:
             return None
         counts = np.concatenate([self.dataset.class_counts(split) for split in self.splits])
         if self.lut is None:
@@ -98,7 +160,7 @@ def _target_items(tgt, cfg):
 
 def _sync_bn(student, cfg: dict, device):
     """BatchNorm over the global batch when asked for and several GPUs train together."""
-    if not cfg["train"].get("sync_bn") or D.info().world_size == 1:
+    if not cfg["train"]["sync_bn"] or D.info().world_size == 1:
         return student
     if device.type != "cuda":
         raise UsageError("train.sync_bn needs CUDA GPUs (torch's SyncBatchNorm does not run on CPU)")
@@ -118,7 +180,7 @@ def run_warmup(*, config: str, source: Path, target: Path | None, out: Path, ove
 
 def _warmup(cfg, src, tgt, out, resume_ckpt) -> dict:
     seed_everything(int(cfg["seed"]))
-    device = resolve_device(cfg["train"].get("device", "auto"))
+    device = resolve_device(cfg["train"]["device"])
     label_space = src.label_space
     student = _sync_bn(build_segmenter(cfg["model"], label_space.num_classes), cfg, device)
     method_obj = method_class("warmup", cfg["method"])(cfg[cfg["method"]], student, label_space.num_classes)
@@ -127,7 +189,8 @@ def _warmup(cfg, src, tgt, out, resume_ckpt) -> dict:
     trainer = Trainer(cfg=cfg, method=method_obj, label_space=label_space,
                       source_items=src.items(), target_items=_target_items(tgt, cfg),
                       out=out, device=device, resume_ckpt=resume_ckpt,
-                      source_counts=src.class_counts(cfg), source_label_lut=src.lut)
+                      source_counts=src.class_counts(cfg), source_label_lut=src.lut,
+                      config_docs=config_sections(cfg, "warmup"))
     return trainer.fit()
 
 
@@ -138,8 +201,8 @@ def run_self_train(*, config: str, ckpt: Path, pseudo_labels: Path, source: Path
     src, tgt = _open_pair(source, target, cfg)
     if tgt is None:
         raise UsageError("self-training needs --target")
-    device = resolve_device(cfg["train"].get("device", "auto"))
-    weights = cfg["train"].get("init_weights", "student")
+    device = resolve_device(cfg["train"]["device"])
+    weights = cfg["train"]["init_weights"]
     init_model, init_ls, init_ckpt = load_model(ckpt, weights, torch.device("cpu"))
     if init_ls.classes != src.label_space.classes:
         raise DataError(f"checkpoint {ckpt} was trained on label space '{init_ls.name}', the data is "
@@ -181,5 +244,6 @@ def _self_train(cfg, src, tgt, out, resume_ckpt, device, init_model, init_ls, ck
                       out=out, device=device, resume_ckpt=resume_ckpt,
                       source_counts=src.class_counts(cfg), source_label_lut=src.lut,
                       extra_ckpt={"init_checkpoint": str(Path(ckpt).resolve()), "init_checkpoint_sha256": sha,
-                                  "pseudo_labels": str(Path(pseudo_labels).resolve())})
+                                  "pseudo_labels": str(Path(pseudo_labels).resolve())},
+                      config_docs=config_sections(cfg, "self-train"))
     return trainer.fit()

@@ -2,10 +2,11 @@ import pytest
 
 from segadapt import config as C
 from segadapt.errors import UsageError
+from segadapt.pipeline import resolve_train_config
 
 
 def test_packaged_config_inherits_base_and_overrides():
-    cfg = C.load_config("synthetic/diga_warmup")
+    cfg = resolve_train_config("synthetic/diga_warmup", [], None, None, "warmup")  # the YAML chain + code defaults
     assert cfg["method"] == "diga"
     assert cfg["optim"]["iters"] == 400  # stage file overrides the base
     assert cfg["optim"]["name"] == "adamw"  # inherited from base.yaml

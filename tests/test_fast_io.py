@@ -156,9 +156,9 @@ def test_unlabelled_crops_equal_crops_of_an_all_ignore_label_file(tmp_path):
     img = rng.integers(0, 256, (60, 100, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "i.png"), img[..., ::-1])
     write_png(tmp_path / "l.png", np.full((60, 100), 255, np.uint8), rgb=False)
-    bare = TrainCrops([("a", tmp_path / "i.png", None)], crop=(40, 90), scale=(0.6, 1.5), base_size=(80, 50))
+    bare = TrainCrops([("a", tmp_path / "i.png", None)], crop=(40, 90), scale=(0.6, 1.5), resize=(50, 80))
     ref = TrainCrops([("a", tmp_path / "i.png", tmp_path / "l.png")], crop=(40, 90), scale=(0.6, 1.5),
-                     base_size=(80, 50))
+                     resize=(50, 80))
     for seed in range(8):  # scales below and above 1: padded and unpadded crops, flips both ways
         a, b = bare[(0, seed)], ref[(0, seed)]
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"]), seed

@@ -14,6 +14,7 @@ from segadapt.errors import DataError, UsageError
 from segadapt.models import ARCHS, build_model, model_signature, resolve_spec
 from segadapt.models.segformer import VARIANTS, build_mit
 from segadapt.models.segmenter import build_segmenter
+from segadapt.pipeline import resolve_train_config
 
 torch.set_num_threads(2)
 
@@ -275,7 +276,9 @@ def test_packaged_configs_for_new_models():
     for name in synthia:
         cfg = C.load_config(f"synthia_cityscapes/{name}")
         resolve_spec(cfg["model"], 19)
-        assert cfg["data"]["source_size"] == [1280, 760]
-        if "diga" in name:
+        assert cfg["data"]["source_resize"] == [760, 1280]
+        if "diga" in name:  # the YAML with the code defaults
+            cfg = resolve_train_config(f"synthia_cityscapes/{name}", [], None, None,
+                                       "self-train" if "self_train" in name else "warmup")
             assert cfg["diga"]["skd_weight"] == 0.25 and cfg["diga"]["skd_reverse_weight"] == 0.25
     assert C.load_config("synthia_cityscapes/diga_self_train_daformer")["model"]["pretrained"] is None

@@ -8,15 +8,16 @@ import torch
 
 from segadapt.data.labelspace import IGNORE
 from segadapt.engine.optim import build_optimizer
+from segadapt.schema import parse
 from segadapt.errors import DataError, UsageError
 from segadapt.methods import METHODS
-from segadapt.methods.t2s import (T2S, class_weights, ema_rows, info_nce, largest_remainder, resolve_config,
+from segadapt.methods.t2s import (T2S, class_weights, ema_rows, info_nce, largest_remainder, T2SConfig,
                                   sample_negatives, sample_queries, source_prototypes, target_class_stats)
 from segadapt.models.segmenter import build_segmenter
 
 from conftest import TINY_OVERRIDES
 
-OPTIM = {"name": "adamw", "lr": 1e-3, "head_lr_mult": 10, "weight_decay": 0.0}
+OPTIM = {"name": "adamw", "lr": 1e-3, "head_lr_mult": 10, "weight_decay": 0.0, "betas": [0.9, 0.999]}
 
 
 def test_info_nce_by_hand():
@@ -118,11 +119,11 @@ def test_online_statistics_by_hand():
                                  {"contrastive_weight": -1}, {"prototype": "queue"}])
 def test_bad_config_values_are_usage_errors(bad):
     with pytest.raises(UsageError, match="t2s"):
-        resolve_config(bad)
+        parse(T2SConfig, bad, "t2s")
 
 
 def test_odd_negatives_allowed_without_equalisation():
-    assert resolve_config({"num_negatives": 3, "equalise_negatives": False})["num_negatives"] == 3
+    assert parse(T2SConfig, {"num_negatives": 3, "equalise_negatives": False}, "t2s").num_negatives == 3
 
 
 def _tiny(num_classes=3):

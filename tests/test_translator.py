@@ -214,7 +214,7 @@ def test_translator_checkpoint_drives_diga_cdmix(tiny_bench, tmp_path):
     assert "translator" not in m.modules()  # frozen, never checkpointed or optimised with the student
     assert not any(p.requires_grad for p in m.translator_net.parameters()) and not m.translator_net.training
     x = torch.rand(2, 3, 32, 32)
-    translated = translate(x, None, cfg, net=m.translator_net)
+    translated = translate(x, None, m.cfg, net=m.translator_net)
     assert translated.shape == x.shape and (translated - x).abs().max() > 1e-4
     y = torch.zeros(2, 32, 32, dtype=torch.long)
     y[:, :, 16:] = 1

@@ -37,13 +37,14 @@ class TrainCrops(Dataset):
     Images without labels get an all-ignore label (target images used without labels)."""
 
     def __init__(self, items, crop: tuple[int, int], scale: tuple[float, float] = (1.0, 1.0), flip: bool = True,
-                 base_size: tuple[int, int] | None = None, label_lut: np.ndarray | None = None):
+                 resize: tuple[int, int] | None = None, label_lut: np.ndarray | None = None):
         self.items = list(items)
         self.label_lut = label_lut  # maps stored ids into the training label space (source -> target classes)
         self.crop = (int(crop[0]), int(crop[1]))  # (H, W)
         self.scale = (float(scale[0]), float(scale[1]))
         self.flip = flip
-        self.base_size = base_size  # (W, H) every image is first resized to, e.g. GTA5 -> 1280x720
+        # (H, W) every image is first resized to (data.source_resize / target_resize), e.g. GTA5 -> 720x1280
+        self.resize = (int(resize[0]), int(resize[1])) if resize is not None else None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -59,10 +60,11 @@ class TrainCrops(Dataset):
                 label = cv2.resize(label, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
         else:
             label = None  # all-ignore: made at crop size in __getitem__ (resizing a constant map is wasted work)
-        if self.base_size is not None and (image.shape[1], image.shape[0]) != tuple(self.base_size):
-            image = cv2.resize(image, tuple(self.base_size), interpolation=cv2.INTER_AREA)
+        if self.resize is not None and image.shape[:2] != self.resize:
+            wh = (self.resize[1], self.resize[0])  # cv2 takes (W, H)
+            image = cv2.resize(image, wh, interpolation=cv2.INTER_AREA)
             if label is not None:
-                label = cv2.resize(label, tuple(self.base_size), interpolation=cv2.INTER_NEAREST)
+                label = cv2.resize(label, wh, interpolation=cv2.INTER_NEAREST)
         return image, label
 
     def _load_confidence(self, idx: int, shape) -> np.ndarray | None:

@@ -23,9 +23,9 @@ def build_optimizer(param_groups: dict, cfg: dict) -> torch.optim.Optimizer:
     name = cfg["name"].lower()
     wd = float(cfg["weight_decay"])
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=float(cfg.get("momentum", 0.9)), weight_decay=wd)
+        return torch.optim.SGD(groups, lr=lr, momentum=float(cfg["momentum"]), weight_decay=wd)
     if name == "adamw":
-        betas = tuple(cfg.get("betas", (0.9, 0.999)))
+        betas = tuple(cfg["betas"])
         return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=wd)
     raise UsageError(f"unknown optimiser '{cfg['name']}' (sgd, adamw)")
 
@@ -37,8 +37,8 @@ def poly_lr(base_lr: float, it: int, total: int, power: float, warmup: int = 0) 
 
 
 def set_lr(optimizer: torch.optim.Optimizer, it: int, total: int, cfg: dict) -> float:
-    power = float(cfg.get("poly_power", 0.9))
-    warmup = int(cfg.get("warmup_iters", 0))
+    power = float(cfg["poly_power"])
+    warmup = int(cfg["warmup_iters"])
     for g in optimizer.param_groups:
         g["lr"] = poly_lr(g["base_lr"], it, total, power, warmup)
     return optimizer.param_groups[0]["lr"]

@@ -111,6 +111,7 @@ class StageTrainer:
     label = "train"
     noun = "iterations"
     channels_last = False
+    config_docs: dict | None = None  # {top-level key: section dataclass or doc}: the comments of RUN/config.yaml
 
     def __init__(self, cfg: dict, out: Path, device):
         self.cfg, self.out, self.device = cfg, Path(out), device
@@ -123,7 +124,7 @@ class StageTrainer:
         """Batches of ``dataset`` for iterations start..iters-1, this rank's share of the global batch;
         ``index`` tells the stage's streams apart (0 source, 1 target)."""
         bs = int(self.cfg["data"]["batch_size"])
-        workers = int(self.cfg["data"].get("workers", 0))
+        workers = int(self.cfg["data"]["workers"])
         return make_stream(dataset, bs, self.seed, index, self.start, self.iters, workers,
                            rank=self.dist.rank, world_size=self.dist.world_size, choose=choose)
 
@@ -154,7 +155,8 @@ class StageTrainer:
     def fit(self) -> dict:
         if self.dist.is_main:
             write_text(self.out / "config.yaml", "# resolved configuration of this run\n"
-                       + dump_config({**self.cfg, "provenance": {**provenance(), **self.run_provenance()}}))
+                       + dump_config({**self.cfg, "provenance": {**provenance(), **self.run_provenance()}},
+                                   self.config_docs))
         if self.start >= self.iters:
             log(f"run in {self.out} already finished ({self.iters} iterations)")
             return {"iterations": self.iters}
@@ -169,7 +171,7 @@ class StageTrainer:
             return self.iteration(it, batch, stop)
 
         return run_iterations(step, start=self.start, iters=self.iters, out=self.out, save=self.save,
-                              log_every=int(tcfg.get("log_every", 10)), ckpt_every=int(tcfg.get("ckpt_every", 500)),
+                              log_every=int(tcfg["log_every"]), ckpt_every=int(tcfg["ckpt_every"]),
                               label=self.label, info=self.info, in_update=self.in_update, is_main=self.dist.is_main,
                               noun=self.noun, batch_size=int(self.cfg["data"]["batch_size"]), device=self.device,
                               tensorboard=tensorboard_enabled(self.cfg))
@@ -180,13 +182,15 @@ class Trainer(StageTrainer):
 
     def __init__(self, *, cfg: dict, method, label_space, source_items, target_items, out: Path, device,
                  resume_ckpt: dict | None, extra_ckpt: dict | None = None, source_counts=None,
-                 source_label_lut=None):
+                 source_label_lut=None, config_docs: dict | None = None):
+        """``config_docs``: {top-level key: section dataclass or doc} that comment RUN/config.yaml."""
         super().__init__(cfg, out, device)
+        self.config_docs = config_docs
         self.method, self.label_space = method, label_space
         self.label = f"{method.stage} {method.name}"
         tcfg = cfg["train"]
-        self.amp = amp_dtype(tcfg.get("amp", "auto"), device)
-        self.channels_last = use_channels_last(tcfg.get("channels_last", "auto"), device)
+        self.amp = amp_dtype(tcfg["amp"], device)
+        self.channels_last = use_channels_last(tcfg["channels_last"], device)
         self.extra_ckpt = extra_ckpt or {}
         for m in method.modules().values():
             m.to(device)
@@ -196,10 +200,10 @@ class Trainer(StageTrainer):
             D.broadcast_module_(m)
         # the networks the methods run every step; extra heads (projectors) are small and stay eager
         self.compiled = compile_modules([m for k, m in method.modules().items() if k in ("student", "teacher")],
-                                        tcfg.get("compile", False), device,
-                                        str(tcfg.get("compile_backend", "inductor")))
+                                        tcfg["compile"], device,
+                                        tcfg["compile_backend"])
         self.optimizer = build_optimizer(method.param_groups(), cfg["optim"])
-        self.accum = int(tcfg.get("grad_accum", 1))
+        self.accum = int(tcfg["grad_accum"])
         if self.accum < 1:
             raise UsageError(f"train.grad_accum must be >= 1, got {self.accum}")
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
@@ -207,18 +211,18 @@ class Trainer(StageTrainer):
         if resume_ckpt is not None:
             self._restore(resume_ckpt)
         d = cfg["data"]
-        crop, scale, flip = d["crop"], d.get("scale", [1.0, 1.0]), d.get("flip", True)
-        self.source_ds = TrainCrops(source_items, crop, scale, flip, base_size=d.get("source_size"),
+        crop, scale, flip = d["crop"], d["scale"], d["flip"]
+        self.source_ds = TrainCrops(source_items, crop, scale, flip, resize=d["source_resize"],
                                     label_lut=source_label_lut)
-        self.target_ds = (TrainCrops(target_items, crop, scale, flip, base_size=d.get("target_size"))
+        self.target_ds = (TrainCrops(target_items, crop, scale, flip, resize=d["target_resize"])
                           if target_items is not None else None)
         self.source_choice = None
-        rcs = d.get("rare_class_sampling") or {}
-        if rcs.get("enabled"):
+        rcs = d["rare_class_sampling"]
+        if rcs["enabled"]:
             if source_counts is None:
                 raise UsageError("rare-class sampling needs the source's class counts (stats/ of prepare-data)")
-            self.source_choice = RareClassSampling(source_counts, float(rcs.get("temperature", 0.01)),
-                                                   int(rcs.get("min_pixels", 3000)))
+            self.source_choice = RareClassSampling(source_counts, float(rcs["temperature"]),
+                                                   int(rcs["min_pixels"]))
 
     # -- checkpointing -------------------------------------------------------------------------
     def _restore(self, ckpt: dict) -> None:
@@ -258,7 +262,7 @@ class Trainer(StageTrainer):
         if not self.dist.is_main:
             return
         save_checkpoint(self.out / "last.pt", self.checkpoint_payload(iteration))
-        keep = int(self.cfg["train"].get("keep_every", 0))
+        keep = int(self.cfg["train"]["keep_every"])
         if keep and iteration % keep == 0 and iteration < self.iters:
             copy_checkpoint(self.out / "last.pt", self.out / f"iter_{iteration:07d}.pt")  # atomic: kill -9 safe
 

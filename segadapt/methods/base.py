@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from segadapt.schema import NoSettings, as_config
+
 
 class Method:
     #: registry name and stage ("warmup" or "self-train")
@@ -14,11 +16,13 @@ class Method:
     #: which batches the engine must provide: source images+labels are always given;
     #: "target" = target images (labels all-ignore), "pseudo" = target images with pseudo-labels
     target_batches: str | None = None
+    #: the dataclass of this method's config section (defaults, docs, ranges: see segadapt/schema.py)
+    config_class: type = NoSettings
 
     def __init__(self, cfg: dict, student: nn.Module, num_classes: int, prototypes: torch.Tensor | None = None):
         """``prototypes``: the pseudo-label folder's class prototypes (self-training); methods that do not
         use them ignore them."""
-        self.cfg = cfg  # this method's own config section
+        self.cfg = as_config(self.config_class, cfg, self.name)  # this method's own section, typed and checked
         self.student = student
         self.num_classes = num_classes
 

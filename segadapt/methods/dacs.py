@@ -23,19 +23,36 @@ and makes its own online ones from the teacher.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from segadapt.data.mixing import class_mix_mask, mix, photometric
-from segadapt.engine.ema import DEFAULT_BN, check_bn_mode
-from segadapt.errors import UsageError
+from segadapt.engine.ema import BN_MODES, DEFAULT_BN
 from segadapt.methods.base import Method
 from segadapt.methods.common import MeanTeacher, seg_ce, weighted_seg_ce
+from segadapt.schema import setting
 
-DEFAULTS = {
-    "tau": 0.968, "ema_alpha": 0.99, "mix_weight": 1.0, "class_mix": True, "confidence_weight": True,
-    "augment": True, "jitter": [0.25, 0.25, 0.25, 0.04], "p_jitter": 0.8, "p_blur": 0.5, "ema_bn": DEFAULT_BN,
-}
+@dataclass
+class DacsConfig:
+    """The `dacs:` section (DACS's paper and code values as defaults)."""
+    tau: float = setting(0.968, "confidence threshold of the pseudo-label weight (paper: 0.968)", lo=0, lo_open=True,
+                         hi=1)
+    ema_alpha: float = setting(0.99, "teacher EMA cap: alpha_t = min(1 - 1/(t+1), ema_alpha) (paper: 0.99)", lo=0,
+                               hi=1, hi_open=True)
+    mix_weight: float = setting(1.0, "lambda: weight of the mixed loss (paper: 1)", lo=0)
+    class_mix: bool = setting(True, "ClassMix half of the source classes onto the target; false = plain "
+                              "pseudo-labelling of the target crop (ablation)")
+    confidence_weight: bool = setting(True, "weight target pixels of the mixed loss by q = share of teacher "
+                                      "confidences >= tau; false = weight 1")
+    augment: bool = setting(True, "colour jitter + Gaussian blur of the mixed image")
+    jitter: list[float] = setting([0.25, 0.25, 0.25, 0.04], "brightness, contrast, saturation, hue (turns) "
+                                  "(paper: 0.25 each; its hue of 0.25 rad ~ 0.04 turns)", length=4, lo=0)
+    p_jitter: float = setting(0.8, "probability of colour jitter per image (paper: 0.8)", lo=0, hi=1)
+    p_blur: float = setting(0.5, "probability of Gaussian blur per image (paper: 0.5)", lo=0, hi=1)
+    ema_bn: str = setting(DEFAULT_BN, "teacher: batch = the EMA model in train mode, BN on batch statistics (DACS's "
+                          "code); averaged = eval mode, BN statistics averaged", choices=BN_MODES)
 
 
 # -- the paper's pieces as plain functions (tested one by one) ----------------------------------
@@ -66,37 +83,6 @@ def mixed_pixel_weight(mask: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return m + (1 - m) * q
 
 
-# -- config ---------------------------------------------------------------------------------------
-
-def _check_cfg(cfg: dict, name: str) -> dict:
-    unknown = sorted(set(cfg) - set(DEFAULTS))
-    if unknown:
-        raise UsageError(f"unknown {name} setting '{unknown[0]}' (known: {', '.join(DEFAULTS)})")
-    c = {**DEFAULTS, **cfg}
-    try:
-        tau, alpha, lam = float(c["tau"]), float(c["ema_alpha"]), float(c["mix_weight"])
-        jitter = [float(v) for v in c["jitter"]]
-        p_jit, p_blur = float(c["p_jitter"]), float(c["p_blur"])
-    except (TypeError, ValueError):
-        raise UsageError(f"{name}: tau, ema_alpha, mix_weight, p_jitter, p_blur must be numbers and jitter a list "
-                         "of 4 numbers") from None
-    if not 0.0 < tau <= 1.0:
-        raise UsageError(f"{name}.tau must be in (0, 1], got {tau}")
-    if not 0.0 <= alpha < 1.0:
-        raise UsageError(f"{name}.ema_alpha must be in [0, 1), got {alpha}")
-    if lam < 0:
-        raise UsageError(f"{name}.mix_weight must be >= 0, got {lam}")
-    if len(jitter) != 4 or min(jitter) < 0:
-        raise UsageError(f"{name}.jitter must be 4 non-negative numbers [brightness, contrast, saturation, hue]")
-    for key, p in (("p_jitter", p_jit), ("p_blur", p_blur)):
-        if not 0.0 <= p <= 1.0:
-            raise UsageError(f"{name}.{key} must be in [0, 1], got {p}")
-    check_bn_mode(c["ema_bn"], name)
-    for key in ("class_mix", "confidence_weight", "augment"):
-        if not isinstance(c[key], bool):
-            raise UsageError(f"{name}.{key} must be true or false, got {c[key]!r}")
-    return {**c, "tau": tau, "ema_alpha": alpha, "mix_weight": lam, "jitter": tuple(jitter), "p_jitter": p_jit,
-            "p_blur": p_blur}
 
 
 # -- the method -------------------------------------------------------------------------------------
@@ -105,12 +91,12 @@ class DacsWarmup(Method):
     name = "dacs"
     stage = "warmup"
     target_batches = "target"  # target images; their labels are never read
+    config_class = DacsConfig
 
     def __init__(self, cfg, student, num_classes, prototypes=None):
         super().__init__(cfg, student, num_classes, prototypes)
-        self.c = _check_cfg(cfg, self.name)
         # DACS's trainUDA.py: update right after step i_iter with alpha(i_iter) (offset 0); dropout off
-        self.mean_teacher = MeanTeacher([student], self.c["ema_bn"], False, self.c["ema_alpha"], offset=0)
+        self.mean_teacher = MeanTeacher([student], self.cfg.ema_bn, False, self.cfg.ema_alpha, offset=0)
         self.teacher = self.mean_teacher.teachers[0]
 
     def modules(self):
@@ -122,18 +108,18 @@ class DacsWarmup(Method):
     def _augment(self, x):
         """DACS's strong augmentation of the mixed image: colour jitter (DACS: p 0.8, strength 0.25) and
         Gaussian blur (p 0.5); no grayscale or sharpness (DiGA's extras)."""
-        if not self.c["augment"]:
+        if not self.cfg.augment:
             return x
-        return photometric(x, jitter=self.c["jitter"], p_jitter=self.c["p_jitter"], p_gray=0.0,
-                           p_blur=self.c["p_blur"], p_sharp=0.0)
+        return photometric(x, jitter=tuple(self.cfg.jitter), p_jitter=self.cfg.p_jitter, p_gray=0.0,
+                           p_blur=self.cfg.p_blur, p_sharp=0.0)
 
     def training_step(self, batch, iteration):
         xs, ys = batch["source"]["image"], batch["source"]["label"]
         xt = batch["target"]["image"]  # self-training: batch["target"]["label"] (offline) is deliberately unused
         t = self.mean_teacher.forward(self.teacher, xt)
         yt, conf = teacher_pseudo_labels(t["logits"], ys.shape[-2:])
-        q = confidence_weight(conf, self.c["tau"]) if self.c["confidence_weight"] else torch.ones((), device=xt.device)
-        if self.c["class_mix"]:
+        q = confidence_weight(conf, self.cfg.tau) if self.cfg.confidence_weight else torch.ones((), device=xt.device)
+        if self.cfg.class_mix:
             x_mix, y_mix, mask = class_mix(xs, ys, xt, yt)
         else:  # ablation: plain pseudo-labelling of the (augmented) target crop
             x_mix, y_mix, mask = xt, yt, torch.zeros_like(xt[:, :1])
@@ -144,7 +130,7 @@ class DacsWarmup(Method):
         s = self.student(torch.cat([xs, x_mix]))["logits"]
         loss_src = seg_ce(s[:n], ys)
         loss_mix = weighted_seg_ce(s[n:], y_mix, pixel_weight=w)
-        loss = loss_src + self.c["mix_weight"] * loss_mix
+        loss = loss_src + self.cfg.mix_weight * loss_mix
         return loss, {"loss_src": loss_src.item(), "loss_mix": loss_mix.item(), "conf_weight": float(q)}
 
 

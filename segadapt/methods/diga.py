@@ -14,16 +14,52 @@ Self-training (offline pseudo-labels y_t, class prototypes P):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from segadapt.data.labelspace import IGNORE
 from segadapt.data.mixing import FDA_WINDOWS, class_mix_mask, fda, mix, photometric
-from segadapt.engine.ema import DEFAULT_BN, check_bn_mode
+from segadapt.engine.ema import BN_MODES, DEFAULT_BN
 from segadapt.errors import DataError, SegadaptError, UsageError
 from segadapt.methods.base import Method
 from segadapt.methods.common import MeanTeacher, class_feature_means, resize_label, seg_ce, soft_ce
+from segadapt.schema import setting
+
+
+# -- config: the `diga:` section, one dataclass per stage ------------------------------------------
+
+@dataclass
+class _DigaCommonConfig:
+    skd_reverse_weight: float = setting(0.5, "w: weight of H(T(x_cd) -> S(x)) inside L_SKD", lo=0)
+    cdmix: bool = setting(True, "cross-domain mixture view x_cd; false = the photometric view only")
+    translator: str = setting("fda", "source -> target restyling for CDMix: fda (training-free), none, or a "
+                              "train-translator checkpoint path")
+    fda_beta: float = setting(0.01, "FDA window, a fraction of min(H, W)", lo=0)
+    fda_window: str = setting("centre", "centre: (2b+1)^2 square of the spectrum, clamped to [0, 1]; corner: FDA's "
+                              "training code (4 b x b blocks, unclamped)", choices=FDA_WINDOWS)
+    photometric_blend: float = setting(0.4, "b in x_aug = b * aug(x) + (1 - b) * x", lo=0, hi=1)
+    ema_alpha: float = setting(0.999, "teacher EMA cap: alpha_t = min(1 - 1/(t+1), ema_alpha)", lo=0, hi=1)
+    ema_bn: str = setting(DEFAULT_BN, "teacher: batch = BN on batch statistics, parameters averaged (official "
+                          "code); averaged = eval mode, BN statistics averaged", choices=BN_MODES)
+
+
+@dataclass
+class DigaWarmupConfig(_DigaCommonConfig):
+    skd_weight: float = setting(0.5, "lambda: weight of L_SKD (paper, GTA5: 0.5)", lo=0)
+    ce_on_mixed: bool = setting(True, "also supervise S(x_cd) with the source label (x_cd keeps it)")
+
+
+@dataclass
+class DigaSelfTrainConfig(_DigaCommonConfig):
+    skd_weight: float = setting(0.25, "weight of L_SKD during self-training (paper: 0.25)", lo=0)
+    selection: str = setting("dps", "dps = keep a pseudo-label where the nearest prototype agrees (paper); threshold "
+                             "= where its confidence >= threshold; none = keep all",
+                             choices=("dps", "threshold", "none"))
+    threshold: float = setting(0.9, "confidence threshold of selection: threshold", lo=0, hi=1)
+    proto_momentum: float = setting(1e-4, "prototype EMA step per image and class (DiGA's code: 1e-4)", lo=0, hi=1)
+    proto_min_pixels: int = setting(5, "skip a class with fewer agreeing feature pixels in an image (DiGA: 5)", lo=0)
 
 
 # -- the paper's pieces as plain functions (tested one by one) ----------------------------------
@@ -33,29 +69,21 @@ def skd_loss(t_clean, s_clean, t_mixed, s_mixed, reverse_weight: float) -> torch
     return soft_ce(t_clean, s_mixed) + reverse_weight * soft_ce(t_mixed, s_clean)
 
 
-def translate(x: torch.Tensor, target_images: torch.Tensor, cfg: dict, generator=None, net=None) -> torch.Tensor:
+def translate(x: torch.Tensor, target_images: torch.Tensor, cfg, generator=None, net=None) -> torch.Tensor:
     """Restyle source images toward the target domain. 'fda' swaps the low-frequency amplitude with a
     random target image of the batch (training-free stand-in for DiGA's translation GAN); a checkpoint
-    path runs its trained generator ``net`` (see ``load_translator``), frozen."""
-    kind = cfg.get("translator", "fda")
+    path runs its trained generator ``net`` (see ``load_translator``), frozen. ``cfg``: a method config
+    with ``translator``, ``fda_beta`` and ``fda_window``."""
+    kind = cfg.translator
     if kind == "fda":
         pick = torch.randint(0, target_images.shape[0], (x.shape[0],), generator=generator)
-        return fda(x, target_images[pick.to(target_images.device)], float(cfg.get("fda_beta", 0.01)),
-                   fda_window(cfg))
+        return fda(x, target_images[pick.to(target_images.device)], cfg.fda_beta, cfg.fda_window)
     if kind == "none":
         return x
     if net is None:
         raise UsageError(f"translator '{kind}': load the generator with load_translator first")
     with torch.no_grad():
         return net(x).to(x.dtype)
-
-
-def fda_window(cfg: dict, name: str = "diga") -> str:
-    """The section's ``fda_window`` (centre, the default, or corner: see :func:`segadapt.data.mixing.fda`)."""
-    window = cfg.get("fda_window", "centre")
-    if window not in FDA_WINDOWS:
-        raise UsageError(f"{name}.fda_window must be one of {', '.join(FDA_WINDOWS)}, got {window!r}")
-    return window
 
 
 def load_translator(path) -> torch.nn.Module:
@@ -128,13 +156,11 @@ class _WithTeacher(Method):
 
     def __init__(self, cfg, student, num_classes, prototypes=None):
         super().__init__(cfg, student, num_classes, prototypes)
-        self.ema_bn = check_bn_mode(self.cfg.get("ema_bn", DEFAULT_BN), self.name)
-        fda_window(self.cfg)  # a bad value fails before training starts
-        self.mean_teacher = MeanTeacher([student], self.ema_bn, self.teacher_dropout,
-                                        float(self.cfg.get("ema_alpha", 0.999)))
+        self.ema_bn = self.cfg.ema_bn
+        self.mean_teacher = MeanTeacher([student], self.ema_bn, self.teacher_dropout, self.cfg.ema_alpha)
         self.teacher = self.mean_teacher.teachers[0]
         # a trained translator (a checkpoint path): loaded once, frozen, never checkpointed with the student
-        kind = str(self.cfg.get("translator", "fda"))
+        kind = self.cfg.translator
         self.translator_net = load_translator(kind) if kind not in ("fda", "none") else None
 
     def modules(self):
@@ -149,9 +175,9 @@ class _WithTeacher(Method):
 
     def _views(self, x, y, target_images):
         """x_aug and x_cd of a source batch (x_cd = x_aug when CDMix is switched off)."""
-        x_aug = photometric(x, blend=float(self.cfg.get("photometric_blend", 0.4)))
+        x_aug = photometric(x, blend=self.cfg.photometric_blend)
         net = self.translator_net
-        if self.cfg.get("cdmix", True) and (target_images is not None or net is not None):
+        if self.cfg.cdmix and (target_images is not None or net is not None):
             if net is not None:
                 net.to(x.device)  # once: the student's device (no-op afterwards)
             x_cd, _ = cdmix(x, x_aug, y, translate(x, target_images, self.cfg, net=net))
@@ -163,11 +189,12 @@ class _WithTeacher(Method):
 class DigaWarmup(_WithTeacher):
     name = "diga"
     stage = "warmup"
+    config_class = DigaWarmupConfig
 
     @property
     def target_batches(self):
         # only FDA needs target images; a trained translator has learnt the target style
-        return "target" if self.cfg.get("cdmix", True) and self.cfg.get("translator", "fda") == "fda" else None
+        return "target" if self.cfg.cdmix and self.cfg.translator == "fda" else None
 
     def training_step(self, batch, iteration):
         x, y = batch["source"]["image"], batch["source"]["label"]
@@ -179,14 +206,14 @@ class DigaWarmup(_WithTeacher):
         loss_ce = seg_ce(s_x, y)
         logs = {"loss_ce": loss_ce.item()}
         loss = loss_ce
-        if self.cfg.get("ce_on_mixed", True):
+        if self.cfg.ce_on_mixed:
             loss_cd = seg_ce(s_cd, y)
             loss = loss + loss_cd
             logs["loss_ce_mixed"] = loss_cd.item()
-        lam = float(self.cfg.get("skd_weight", 0.5))
+        lam = self.cfg.skd_weight
         if lam > 0:
             t = self.run_teacher(torch.cat([x, x_cd]))["logits"]  # one batch, as DiGA's teacher(sdatav_cat)
-            loss_skd = skd_loss(t[:n], s_x, t[n:], s_cd, float(self.cfg.get("skd_reverse_weight", 0.5)))
+            loss_skd = skd_loss(t[:n], s_x, t[n:], s_cd, self.cfg.skd_reverse_weight)
             loss = loss + lam * loss_skd
             logs["loss_skd"] = loss_skd.item()
         return loss, logs
@@ -195,16 +222,17 @@ class DigaWarmup(_WithTeacher):
 class DigaSelfTrain(_WithTeacher):
     name = "diga"
     stage = "self-train"
+    config_class = DigaSelfTrainConfig
     target_batches = "pseudo"
 
     def __init__(self, cfg, student, num_classes, prototypes: torch.Tensor | None = None):
         super().__init__(cfg, student, num_classes, prototypes)
-        if self.cfg.get("selection", "dps") == "dps" and prototypes is None:
+        if self.cfg.selection == "dps" and prototypes is None:
             raise UsageError("DiGA self-training with dynamic pseudo-label selection needs the pseudo-label "
                              "folder's prototypes.pt")
         self.prototypes = prototypes.clone().float() if prototypes is not None else None
         # a fixed confidence threshold needs each target crop's confidence map next to its pseudo-label
-        self.needs_confidence = self.cfg.get("selection", "dps") == "threshold"
+        self.needs_confidence = self.cfg.selection == "threshold"
 
     def extra_state(self):
         return {"prototypes": self.prototypes}
@@ -225,10 +253,10 @@ class DigaSelfTrain(_WithTeacher):
         t_s, t_cd, t_t = t_logits[:n], t_logits[n:2 * n], t_logits[2 * n:]
         feat_t = t_feat[2 * n:]
 
-        selection = self.cfg.get("selection", "dps")
+        selection = self.cfg.selection
         if selection == "threshold":  # the fixed-threshold baseline of DiGA's ablation
             conf = batch["target"]["confidence"]
-            yt_sel = torch.where(conf >= float(self.cfg.get("threshold", 0.9)), yt, torch.full_like(yt, IGNORE))
+            yt_sel = torch.where(conf >= self.cfg.threshold, yt, torch.full_like(yt, IGNORE))
         elif selection == "dps":
             yt_sel = dps_select(yt, feat_t, self.prototypes.to(feat_t.device))
         elif selection == "none":
@@ -239,7 +267,7 @@ class DigaSelfTrain(_WithTeacher):
         # ClassMix as DiGA's code: half of the source label values pasted onto a photometrically augmented
         # target crop, the source ignore region always pasted (its label stays ignore)
         mask = class_mix_mask(ys, rule="diga").to(xs.dtype)
-        xt_aug = photometric(xt, blend=float(self.cfg.get("photometric_blend", 0.4)))
+        xt_aug = photometric(xt, blend=self.cfg.photometric_blend)
         x_mix = mix(mask, xs, xt_aug)
         y_mix = mix(mask, ys, yt_sel)
 
@@ -249,9 +277,9 @@ class DigaSelfTrain(_WithTeacher):
         loss_mix = seg_ce(s_mix, y_mix)
         loss = loss_src + loss_mix
         logs = {"loss_src": loss_src.item(), "loss_mix": loss_mix.item()}
-        lam = float(self.cfg.get("skd_weight", 0.25))
+        lam = self.cfg.skd_weight
         if lam > 0:
-            loss_skd = skd_loss(t_s, s_s, t_cd, s_cd, float(self.cfg.get("skd_reverse_weight", 0.5)))
+            loss_skd = skd_loss(t_s, s_s, t_cd, s_cd, self.cfg.skd_reverse_weight)
             loss = loss + lam * loss_skd
             logs["loss_skd"] = loss_skd.item()
         valid = (yt != IGNORE).sum().clamp(min=1)
@@ -260,8 +288,8 @@ class DigaSelfTrain(_WithTeacher):
         if self.prototypes is not None:
             # prototypes follow the teacher as in DiGA's code: first the target images (selected pseudo-label
             # == teacher argmax), then the CDMix source view x_cd (source label == teacher argmax on x_cd)
-            m = float(self.cfg.get("proto_momentum", 1e-4))
-            k = int(self.cfg.get("proto_min_pixels", 5))
+            m = self.cfg.proto_momentum
+            k = self.cfg.proto_min_pixels
             size = feat_t.shape[-2:]
             protos = update_prototypes(self.prototypes.to(feat_t.device), feat_t, resize_label(yt_sel, size),
                                        t_t.argmax(1), m, k)

@@ -27,6 +27,7 @@ additionally samples at most that many pixels per image of a pair (global torch 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -38,55 +39,31 @@ from segadapt.errors import UsageError
 from segadapt.methods.base import Method
 from segadapt.methods.common import resize_label, seg_ce
 from segadapt.methods.lovasz import lovasz_softmax
+from segadapt.schema import setting
 
 EPS = 1e-10  # guards log(0) of probabilities and division by a zero row std (released code: 1e-10)
 LEVELS = {"feat": "cos", "pred": "kl"}  # association level -> similarity it uses
 
-DEFAULTS = {
-    "lovasz_weight": 0.75,      # w_lov (released code: LOV_W = 0.75)
-    "assoc_weight": 0.1,        # w_a, for each level (paper: 0.1)
-    "levels": ["feat", "pred"],  # which association levels run
-    "reg_weight": 0.01,         # w_r (paper: 0.01)
-    "reg_thres": 0.0,           # 0 = plain R; > 0 = released code's variant pulling R toward this value
-    "spatial_agg": True,        # aggregate target features before associating
-    "spatial_agg_alpha": 0.5,   # a (paper: 0.5)
-    "temperature": 1.0,         # tau of the contrastive-normalisation softmax (paper code: 1)
-    "max_pixels": 0,            # sample at most this many pixels per image of a pair (0 = all)
-    "chunk": 1024,              # similarity rows per chunk (0 = all rows at once)
-}
+@dataclass
+class PLCAConfig:
+    """The `plca:` section (paper / released-code values as defaults)."""
+    lovasz_weight: float = setting(0.75, "w_lov: weight of Lovasz-softmax on source (released code: LOV_W = 0.75)",
+                                   lo=0)
+    assoc_weight: float = setting(0.1, "w_a: weight of each association level's loss (paper: 0.1)", lo=0)
+    levels: list[str] = setting(["feat", "pred"], "association levels: feat = cosine of features, pred = -KL of "
+                                "softmax outputs", choices=tuple(LEVELS))
+    reg_weight: float = setting(0.01, "w_r: weight of R_src + R_tgt, cross-entropy to uniform (paper: 0.01)", lo=0)
+    reg_thres: float = setting(0.0, "0 = plain R; > 0 = released code's variant pulling R toward this value", lo=0)
+    spatial_agg: bool = setting(True, "mix each target pixel with its similarity-weighted average before associating")
+    spatial_agg_alpha: float = setting(0.5, "a in t <- (1 - a) t + a A t (paper: 0.5)", lo=0, lo_open=True, hi=1)
+    temperature: float = setting(1.0, "softmax temperature after the z-score (paper code: 1)", lo=0, lo_open=True)
+    max_pixels: int = setting(0, "sample at most this many pixels per image of a pair (0 = all)", lo=0)
+    chunk: int = setting(1024, "similarity rows computed at once; memory O(chunk x pixels) (0 = all rows)", lo=0)
 
-
-def check_config(cfg: dict) -> dict:
-    """The method's settings with defaults filled in; a bad value is a UsageError."""
-    unknown = sorted(set(cfg) - set(DEFAULTS))
-    if unknown:
-        raise UsageError(f"unknown plca setting(s): {', '.join(unknown)} (known: {', '.join(sorted(DEFAULTS))})")
-    s = {**DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
-
-    def number(key, lo, hi=None, lo_open=False, integer=False):
-        v = s[key]
-        ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
-        if isinstance(v, bool) or not ok_type:
-            raise UsageError(f"plca.{key} must be {'an integer' if integer else 'a number'}, got {v!r}")
-        if (v <= lo if lo_open else v < lo) or (hi is not None and v > hi):
-            rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}{']' if hi is not None else ')'}"
-            raise UsageError(f"plca.{key} must be in {rng}, got {v}")
-        s[key] = int(v) if integer else float(v)
-
-    for key in ("lovasz_weight", "assoc_weight", "reg_weight", "reg_thres"):
-        number(key, 0.0)
-    number("spatial_agg_alpha", 0.0, 1.0, lo_open=True)
-    number("temperature", 0.0, lo_open=True)
-    number("max_pixels", 0, integer=True)
-    number("chunk", 0, integer=True)
-    if not isinstance(s["spatial_agg"], bool):
-        raise UsageError(f"plca.spatial_agg must be true or false, got {s['spatial_agg']!r}")
-    levels = s["levels"]
-    if isinstance(levels, str) or not isinstance(levels, (list, tuple)) or any(lv not in LEVELS for lv in levels) \
-            or len(set(levels)) != len(levels):
-        raise UsageError(f"plca.levels must be a list of distinct levels out of feat, pred; got {levels!r}")
-    s["levels"] = list(levels)
-    return s
+    def check(self, prefix):
+        if len(set(self.levels)) != len(self.levels):
+            raise UsageError(f"{prefix}.levels must be a list of distinct levels out of feat, pred; "
+                             f"got {self.levels!r}")
 
 
 # -- the paper's pieces as plain functions (tested one by one) ----------------------------------
@@ -245,13 +222,10 @@ class PLCA(Method):
     name = "plca"
     stage = "warmup"
     target_batches = "target"
-
-    def __init__(self, cfg, student, num_classes, prototypes=None):
-        super().__init__(cfg, student, num_classes, prototypes)
-        self.s = check_config(cfg)
+    config_class = PLCAConfig
 
     def training_step(self, batch, iteration):
-        s = self.s
+        s = self.cfg
         xs, ys = batch["source"]["image"], batch["source"]["label"]
         xt = batch["target"]["image"]
         # two forward passes (target, then source) as the released code: BatchNorm sees each domain apart
@@ -261,28 +235,28 @@ class PLCA(Method):
 
         loss = seg_ce(ls, ys)
         logs = {"loss_ce": loss.item()}
-        if s["lovasz_weight"] > 0:
+        if s.lovasz_weight > 0:
             probs = F.interpolate(ls.float(), size=ys.shape[-2:], mode="bilinear", align_corners=False).softmax(1)
             lov = lovasz_softmax(probs, ys)
-            loss = loss + s["lovasz_weight"] * lov
+            loss = loss + s.lovasz_weight * lov
             logs["loss_lovasz"] = lov.item()
-        if s["assoc_weight"] > 0 and s["levels"]:
+        if s.assoc_weight > 0 and s.levels:
             y_feat = resize_label(ys, ls.shape[-2:])
             n_src, n_tgt = ls.shape[-2] * ls.shape[-1], lt.shape[-2] * lt.shape[-1]
             # one sample of pixels per pair, shared by both levels so they associate the same pixels
-            picks = [(sample_pixels(n_src, s["max_pixels"]), sample_pixels(n_tgt, s["max_pixels"]))
+            picks = [(sample_pixels(n_src, s.max_pixels), sample_pixels(n_tgt, s.max_pixels))
                      for _ in range(xs.shape[0])]
             maps = {"feat": (out_s["feat"], out_t["feat"]), "pred": (ls.float().softmax(1), lt.float().softmax(1))}
-            for level in s["levels"]:
+            for level in s.levels:
                 src, tgt = maps[level]
-                la, frac = association_loss(src, tgt, y_feat, LEVELS[level], spatial_agg=s["spatial_agg"],
-                                            alpha=s["spatial_agg_alpha"], temperature=s["temperature"],
-                                            chunk=s["chunk"], picks=picks)
-                loss = loss + s["assoc_weight"] * la
+                la, frac = association_loss(src, tgt, y_feat, LEVELS[level], spatial_agg=s.spatial_agg,
+                                            alpha=s.spatial_agg_alpha, temperature=s.temperature,
+                                            chunk=s.chunk, picks=picks)
+                loss = loss + s.assoc_weight * la
                 logs[f"loss_assoc_{level}"] = la.item()
                 logs[f"cycles_{level}"] = frac  # fraction of labelled source pixels with a valid cycle
-        if s["reg_weight"] > 0:
-            reg = uniform_ce(ls, s["reg_thres"]) + uniform_ce(lt, s["reg_thres"])
-            loss = loss + s["reg_weight"] * reg
+        if s.reg_weight > 0:
+            reg = uniform_ce(ls, s.reg_thres) + uniform_ce(lt, s.reg_thres)
+            loss = loss + s.reg_weight * reg
             logs["loss_reg"] = reg.item()
         return loss, logs

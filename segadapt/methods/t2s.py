@@ -47,6 +47,8 @@ Our choices (the paper leaves them open):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,19 +60,58 @@ from segadapt.errors import UsageError
 from segadapt.methods.base import Method
 from segadapt.methods.common import MeanTeacher, class_feature_means, resize_label, weighted_seg_ce
 from segadapt.methods.diga import translate
+from segadapt.schema import setting
 
-# every key of the `t2s:` config section with its default (the shipped configs list them all)
-DEFAULTS = {
-    "source_ce_weight": 1.0, "pseudo_target_ce_weight": 1.0, "mix_ce_weight": 1.0, "contrastive_weight": 0.1,
-    "pseudo_label": "offline", "translator": "fda", "fda_beta": 0.01, "photometric_blend": 0.4,
-    "ema_alpha": 0.999, "proj_dim": 128, "tau": 0.1, "num_queries": 256, "num_negatives": 256,
-    "unreliable_threshold": 0.9, "prototype": "ema", "proto_momentum": 0.01, "query_sampling": "balanced",
-    "equalise_negatives": True, "reweighting": True, "reweight_gamma": 0.5, "reweight_segmentation": False,
-    "stats_momentum": 0.01, "ema_bn": DEFAULT_BN, "fda_window": "centre",
-}
-CHOICES = {"pseudo_label": ("offline", "agree", "teacher"), "translator": ("fda", "none"),
-           "ema_bn": BN_MODES, "fda_window": FDA_WINDOWS,
-           "prototype": ("ema", "batch"), "query_sampling": ("balanced", "equal", "uniform")}
+QUERY_SAMPLING = ("balanced", "equal", "uniform")
+
+
+@dataclass
+class T2SConfig:
+    """The `t2s:` section. The paper's code is not public: every default is our choice unless marked."""
+    # self-training part (DiGA-style, on the offline pseudo-labels); a weight of 0 switches a term off
+    source_ce_weight: float = setting(1.0, "CE(S(x_s), y_s) on clean source", lo=0)
+    pseudo_target_ce_weight: float = setting(1.0, "CE(S(x_pt), y_s): pseudo-targets keep the source label", lo=0)
+    mix_ce_weight: float = setting(1.0, "CE(S(x_mix), y_mix): ClassMix of source classes onto the target crop", lo=0)
+    pseudo_label: str = setting("offline", "target labels inside ClassMix: offline (pseudo-label folder), agree "
+                                "(offline where the online teacher agrees), teacher (online argmax)",
+                                choices=("offline", "agree", "teacher"))
+    translator: str = setting("fda", "pseudo-target restyling: fda (paper); none = plain source",
+                              choices=("fda", "none"))
+    fda_beta: float = setting(0.01, "FDA window, a fraction of min(H, W)", lo=0)
+    fda_window: str = setting("centre", "centre: (2b+1)^2 square of the spectrum, clamped; corner: FDA's training "
+                              "code (4 b x b blocks, unclamped)", choices=FDA_WINDOWS)
+    photometric_blend: float = setting(0.4, "photometric augmentation strength of the target crop in ClassMix "
+                                       "(DiGA: 0.4)", lo=0, hi=1)
+    ema_alpha: float = setting(0.999, "teacher EMA cap: alpha_t = min(1 - 1/(t+1), ema_alpha)", lo=0, hi=1)
+    ema_bn: str = setting(DEFAULT_BN, "teacher: batch = BN on batch statistics, dropout off (DAFormer's); "
+                          "averaged = eval mode, BN statistics averaged", choices=BN_MODES)
+    # contrastive term: pseudo-target queries pulled to source class prototypes (InfoNCE)
+    contrastive_weight: float = setting(0.1, "lambda; 0 = plain self-training (ablation)", lo=0)
+    proj_dim: int = setting(128, "output channels of the projection head (1x1 conv-BN-ReLU-1x1 conv, L2-normalised)",
+                            lo=1)
+    tau: float = setting(0.1, "InfoNCE temperature", lo=0, lo_open=True)
+    num_queries: int = setting(256, "queries per iteration, over the whole pseudo-target batch", lo=1)
+    num_negatives: int = setting(256, "m: negatives per query (drawn with replacement from the current batch)", lo=1)
+    unreliable_threshold: float = setting(0.9, "target pixels whose teacher confidence is below this are negatives",
+                                          lo=0, hi=1)
+    prototype: str = setting("ema", "source prototypes: ema (memory across iterations) or batch (current batch)",
+                             choices=("ema", "batch"))
+    proto_momentum: float = setting(0.01, "EMA momentum of the prototype memory (first sighting initialises it)",
+                                    lo=0, lo_open=True, hi=1)
+    query_sampling: str = setting("balanced", "balanced (classes follow the EMA of the teacher's target class "
+                                  "frequencies), equal (same share per class), uniform (pixels uniformly)",
+                                  choices=QUERY_SAMPLING)
+    equalise_negatives: bool = setting(True, "m/2 negatives from source, m/2 from unreliable target; false = pooled")
+    reweighting: bool = setting(True, "dynamic class weights w_c ~ (1 - conf_c)^gamma (mean 1) on the queries")
+    reweight_gamma: float = setting(0.5, "gamma; 0 = uniform weights", lo=0)
+    reweight_segmentation: bool = setting(False, "also weight the segmentation CE terms by w_c")
+    stats_momentum: float = setting(0.01, "EMA momentum of the teacher's target class frequencies and confidences",
+                                    lo=0, lo_open=True, hi=1)
+
+    def check(self, prefix):
+        if self.equalise_negatives and self.num_negatives % 2:
+            raise UsageError(f"{prefix}.num_negatives must be even when equalise_negatives is on (m/2 per domain), "
+                             f"got {self.num_negatives}")
 
 
 # -- the paper's pieces as plain functions (tested one by one) ----------------------------------
@@ -167,7 +208,7 @@ def sample_queries(labels: torch.Tensor, num: int, dist: torch.Tensor | None, mo
                 picks.append(pix[_pick(pix.numel(), int(n_c[c]), generator, pix.device)])
             return torch.cat(picks)
     elif mode != "uniform":
-        raise UsageError(f"unknown query_sampling '{mode}' ({', '.join(CHOICES['query_sampling'])})")
+        raise UsageError(f"unknown query_sampling '{mode}' ({', '.join(QUERY_SAMPLING)})")
     return valid[_pick(valid.numel(), num, generator, valid.device)]
 
 
@@ -219,45 +260,6 @@ def target_class_stats(prob: torch.Tensor, num_classes: int):
     return counts / counts.sum().clamp(min=1), conf_sum / counts.clamp(min=1), counts > 0
 
 
-# -- config ---------------------------------------------------------------------------------------
-
-def _number(cfg, key, lo=None, hi=None, lo_open=False, integer=False):
-    v = cfg[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and int(v) != v):
-        raise UsageError(f"t2s.{key} must be {'an integer' if integer else 'a number'}, got {v!r}")
-    if (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
-        rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}{']' if hi is not None else ')'}"
-        raise UsageError(f"t2s.{key} must be in {rng}, got {v!r}")
-    return int(v) if integer else float(v)
-
-
-def resolve_config(cfg: dict) -> dict:
-    """The `t2s:` section with defaults filled in and every value checked (UsageError otherwise)."""
-    unknown = sorted(set(cfg) - set(DEFAULTS))
-    if unknown:
-        raise UsageError(f"unknown t2s setting '{unknown[0]}' (known: {', '.join(sorted(DEFAULTS))})")
-    c = {**DEFAULTS, **cfg}
-    for key in ("source_ce_weight", "pseudo_target_ce_weight", "mix_ce_weight", "contrastive_weight",
-                "fda_beta", "reweight_gamma"):
-        c[key] = _number(c, key, lo=0)
-    c["photometric_blend"] = _number(c, "photometric_blend", lo=0, hi=1)
-    c["ema_alpha"] = _number(c, "ema_alpha", lo=0, hi=1)
-    c["tau"] = _number(c, "tau", lo=0, lo_open=True)
-    c["unreliable_threshold"] = _number(c, "unreliable_threshold", lo=0, hi=1)
-    for key in ("proto_momentum", "stats_momentum"):
-        c[key] = _number(c, key, lo=0, hi=1, lo_open=True)
-    for key in ("proj_dim", "num_queries", "num_negatives"):
-        c[key] = _number(c, key, lo=1, integer=True)
-    for key in ("equalise_negatives", "reweighting", "reweight_segmentation"):
-        if not isinstance(c[key], bool):
-            raise UsageError(f"t2s.{key} must be true or false, got {c[key]!r}")
-    for key, allowed in CHOICES.items():
-        if c[key] not in allowed:
-            raise UsageError(f"t2s.{key} must be one of {', '.join(allowed)}, got {c[key]!r}")
-    if c["equalise_negatives"] and c["num_negatives"] % 2:
-        raise UsageError(f"t2s.num_negatives must be even when equalise_negatives is on (m/2 per domain), "
-                         f"got {c['num_negatives']}")
-    return c
 
 
 # -- the method -----------------------------------------------------------------------------------
@@ -267,12 +269,12 @@ class T2S(Method):
     stage = "self-train"
     teacher_dropout = False
     target_batches = "pseudo"
+    config_class = T2SConfig
 
     def __init__(self, cfg, student, num_classes, prototypes=None):
         # ``prototypes`` (the pseudo-label folder's, in the model's feature space) are not used: T2S
         # keeps its own source prototypes in the projection space.
         super().__init__(cfg, student, num_classes, prototypes)
-        self.opt = resolve_config(dict(cfg))
         feat_dim = int(student.spec.get("feat_dim", 0)) if hasattr(student, "spec") else 0
         if feat_dim <= 0:
             with torch.no_grad():
@@ -281,14 +283,14 @@ class T2S(Method):
                 student.train(was)
         # t2s.ema_bn: batch = BN on batch statistics, parameters averaged, dropout off (DAFormer's EMA teacher;
         # our choice, T2S has no public code); averaged = eval mode with averaged BN statistics
-        self.projector = ProjectionHead(feat_dim, self.opt["proj_dim"])
-        self.mean_teacher = MeanTeacher([student, self.projector], self.opt["ema_bn"], self.teacher_dropout,
-                                        self.opt["ema_alpha"])
+        self.projector = ProjectionHead(feat_dim, self.cfg.proj_dim)
+        self.mean_teacher = MeanTeacher([student, self.projector], self.cfg.ema_bn, self.teacher_dropout,
+                                        self.cfg.ema_alpha)
         self.teacher, self.teacher_projector = self.mean_teacher.teachers
         c = num_classes
         # online estimates (checkpointed through extra_state so a resumed run continues exactly)
         no = torch.zeros(c, dtype=torch.bool)
-        self.state = {"prototypes": torch.zeros(c, self.opt["proj_dim"]), "proto_seen": no.clone(),
+        self.state = {"prototypes": torch.zeros(c, self.cfg.proj_dim), "proto_seen": no.clone(),
                       "dist": torch.zeros(c), "dist_seen": no.clone(), "conf": torch.zeros(c), "conf_seen": no.clone()}
 
     # -- engine hooks ----------------------------------------------------------------------------
@@ -319,7 +321,7 @@ class T2S(Method):
     # -- pieces of one iteration -------------------------------------------------------------------
     def _update_stats(self, prob_t: torch.Tensor) -> None:
         freq, conf, present = target_class_stats(prob_t, self.num_classes)
-        m, s = self.opt["stats_momentum"], self.state
+        m, s = self.cfg.stats_momentum, self.state
         everything = torch.ones_like(present)  # every class's frequency is observed (0 is a value too)
         s["dist"], s["dist_seen"] = ema_rows(s["dist"].to(freq.device), s["dist_seen"].to(freq.device), freq,
                                              everything, m)
@@ -327,15 +329,15 @@ class T2S(Method):
                                              present, m)
 
     def _weights(self) -> torch.Tensor | None:
-        if not self.opt["reweighting"]:
+        if not self.cfg.reweighting:
             return None
         conf, seen = self.state["conf"], self.state["conf_seen"]
         # classes the teacher has not predicted yet: the mean confidence of those it has (no evidence either way)
         fill = conf[seen].mean() if seen.any() else torch.tensor(0.0, device=conf.device)
-        return class_weights(torch.where(seen, conf, fill), self.opt["reweight_gamma"])
+        return class_weights(torch.where(seen, conf, fill), self.cfg.reweight_gamma)
 
     def _target_labels(self, yt: torch.Tensor, t_logits_t: torch.Tensor) -> torch.Tensor:
-        mode = self.opt["pseudo_label"]
+        mode = self.cfg.pseudo_label
         if mode == "offline":
             return yt
         up = F.interpolate(t_logits_t.float(), size=yt.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
@@ -346,14 +348,14 @@ class T2S(Method):
     def contrastive(self, q_map, ys, keys_s, keys_t, conf_t, pred_t, weights):
         """L_con from the pseudo-target queries q_map (B, P, h, w) with source labels ys (full size), the
         teacher keys on source / target (B, P, h, w) and the teacher's confidence / argmax on target."""
-        o, s = self.opt, self.state
+        o, s = self.cfg, self.state
         size = q_map.shape[-2:]
         ys_small = resize_label(ys, size)
         p = q_map.shape[1]
         batch_protos, present = source_prototypes(keys_s, ys_small, self.num_classes)
-        if o["prototype"] == "ema":
+        if o.prototype == "ema":
             mem, seen = ema_rows(s["prototypes"].to(batch_protos), s["proto_seen"].to(present.device), batch_protos,
-                                 present, o["proto_momentum"])
+                                 present, o.proto_momentum)
             s["prototypes"], s["proto_seen"] = mem, seen
             protos, has_proto = F.normalize(mem, dim=1), seen
         else:
@@ -362,7 +364,7 @@ class T2S(Method):
         src_cls = ys_small.reshape(-1)
         src_keys = keys_s.permute(0, 2, 3, 1).reshape(-1, p)
         keep_s = src_cls != IGNORE
-        unreliable = (conf_t < o["unreliable_threshold"]).reshape(-1)
+        unreliable = (conf_t < o.unreliable_threshold).reshape(-1)
         tgt_keys = keys_t.permute(0, 2, 3, 1).reshape(-1, p)[unreliable]
         tgt_cls = pred_t.reshape(-1)[unreliable]
         bank = torch.cat([src_keys[keep_s], tgt_keys])
@@ -373,27 +375,27 @@ class T2S(Method):
         q_cls_all = ys_small.reshape(-1)
         q_cls_all = torch.where((q_cls_all != IGNORE) & has_proto[q_cls_all.clamp(max=self.num_classes - 1)],
                                 q_cls_all, torch.full_like(q_cls_all, IGNORE))
-        pick = sample_queries(q_cls_all, o["num_queries"], s["dist"], o["query_sampling"])
+        pick = sample_queries(q_cls_all, o.num_queries, s["dist"], o.query_sampling)
         info = {"queries": float(pick.numel()), "unreliable": float(unreliable.float().mean())}
         if pick.numel() == 0 or bank.shape[0] == 0:
             return q_map.sum() * 0.0, info
         q_cls = q_cls_all[pick]
-        neg_idx, ok = sample_negatives(q_cls, bank_cls, bank_is_target, o["num_negatives"], o["equalise_negatives"])
+        neg_idx, ok = sample_negatives(q_cls, bank_cls, bank_is_target, o.num_negatives, o.equalise_negatives)
         if not bool(ok.any()):
             return q_map.sum() * 0.0, info
         q = q_map.permute(0, 2, 3, 1).reshape(-1, p)[pick][ok]
         q_cls, neg_idx = q_cls[ok], neg_idx[ok]
         w = weights.to(q.device)[q_cls] if weights is not None else None
         with torch.autocast(q.device.type, enabled=False):  # similarities / tau in float32
-            return info_nce(q.float(), protos[q_cls].float(), bank[neg_idx].float(), o["tau"], w), info
+            return info_nce(q.float(), protos[q_cls].float(), bank[neg_idx].float(), o.tau, w), info
 
     # -- one iteration -------------------------------------------------------------------------------
     def training_step(self, batch, iteration):
-        o = self.opt
+        o = self.cfg
         xs, ys = batch["source"]["image"], batch["source"]["label"]
         xt, yt = batch["target"]["image"], batch["target"]["label"]
         n = xs.shape[0]
-        use_con = o["contrastive_weight"] > 0
+        use_con = o.contrastive_weight > 0
         def run_teacher(x):
             out = self.teacher(x)
             return {**out, "keys": self.teacher_projector(out["feat"])} if use_con else out
@@ -408,17 +410,17 @@ class T2S(Method):
             if use_con:
                 keys_s, keys_t = t["keys"][:n], t["keys"][n:]
         weights = self._weights()
-        seg_w = weights if o["reweight_segmentation"] else None
+        seg_w = weights if o.reweight_segmentation else None
 
         # views: pseudo-target (FDA-restyled source, source label) and ClassMix of source onto target
         views, names = [], []
-        if o["source_ce_weight"] > 0:
+        if o.source_ce_weight > 0:
             views.append(xs), names.append("src")
-        if o["pseudo_target_ce_weight"] > 0 or use_con:
+        if o.pseudo_target_ce_weight > 0 or use_con:
             views.append(translate(xs, xt, o)), names.append("pt")
-        if o["mix_ce_weight"] > 0:
+        if o.mix_ce_weight > 0:
             mask = class_mix_mask(ys, rule="diga").to(xs.dtype)  # DiGA's ClassMix (ignore region pasted)
-            xt_aug = photometric(xt, blend=o["photometric_blend"])
+            xt_aug = photometric(xt, blend=o.photometric_blend)
             views.append(mix(mask, xs, xt_aug)), names.append("mix")
             y_mix = mix(mask, ys, self._target_labels(yt, t_logits_t))
         if not views:
@@ -429,14 +431,14 @@ class T2S(Method):
         logs = {}
         for name, key, label in (("src", "source_ce_weight", ys), ("pt", "pseudo_target_ce_weight", ys),
                                  ("mix", "mix_ce_weight", y_mix if "mix" in part else None)):
-            if name in part and o[key] > 0:
+            if name in part and getattr(o, key) > 0:
                 term = weighted_seg_ce(out["logits"][part[name]], label, class_weight=seg_w)
-                loss = loss + o[key] * term
+                loss = loss + getattr(o, key) * term
                 logs[f"loss_{name}"] = term.item()
         if use_con:
             q_map = self.projector(out["feat"][part["pt"]])
             loss_con, info = self.contrastive(q_map, ys, keys_s, keys_t, conf_t, pred_t, weights)
-            loss = loss + o["contrastive_weight"] * loss_con
+            loss = loss + o.contrastive_weight * loss_con
             logs["loss_con"] = loss_con.item()
             logs.update(info)
         if weights is not None:

@@ -19,6 +19,7 @@ pixels of class c are kept over the set, and at most one bin's worth more (exact
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -29,12 +30,26 @@ from segadapt.console import log
 from segadapt.data.labelspace import IGNORE
 from segadapt.data.mixing import class_mix_mask, mix
 from segadapt.engine.pseudo_label import CONF_SCALE, load_confidence_histogram
-from segadapt.errors import DataError, UsageError
+from segadapt.errors import DataError
 from segadapt.methods.base import Method
 from segadapt.methods.common import seg_ce
+from segadapt.schema import setting
 
-DEFAULTS = {"mode": "class_balanced", "threshold": 0.9, "portion": 0.5, "target_weight": 1.0, "class_mix": False}
 MODES = ("fixed", "class_balanced")
+
+
+@dataclass
+class ThresholdConfig:
+    """The `threshold:` section."""
+    mode: str = setting("class_balanced", "fixed = one confidence threshold for every class; class_balanced = "
+                        "per-class (CBST)", choices=MODES)
+    threshold: float = setting(0.9, "fixed mode: keep a pseudo-label where its confidence >= this", lo=0, hi=1)
+    portion: float = setting(0.5, "class_balanced: keep the top `portion` most confident pixels of each predicted "
+                             "class over the whole pseudo-label set (CBST: 0.2 in round 1, +0.05 per round, up to "
+                             "0.5)", lo=0, lo_open=True, hi=1)
+    target_weight: float = setting(1.0, "lambda: weight of CE on the thresholded target pseudo-labels", lo=0)
+    class_mix: bool = setting(False, "true = ClassMix half of the source classes onto the target crop (labels "
+                              "mixed alike)")
 
 
 # -- the pieces as plain functions (tested one by one) ------------------------------------------
@@ -78,50 +93,28 @@ def threshold_pseudo_labels(label: torch.Tensor, conf: torch.Tensor, thresholds:
 
 # -- the method -------------------------------------------------------------------------------------
 
-def _check_cfg(cfg: dict, name: str) -> dict:
-    unknown = sorted(set(cfg) - set(DEFAULTS))
-    if unknown:
-        raise UsageError(f"unknown {name} setting '{unknown[0]}' (known: {', '.join(DEFAULTS)})")
-    c = {**DEFAULTS, **cfg}
-    if c["mode"] not in MODES:
-        raise UsageError(f"{name}.mode must be one of {', '.join(MODES)}, got {c['mode']!r}")
-    try:
-        t, portion, lam = float(c["threshold"]), float(c["portion"]), float(c["target_weight"])
-    except (TypeError, ValueError):
-        raise UsageError(f"{name}: threshold, portion and target_weight must be numbers") from None
-    if not 0.0 <= t <= 1.0:
-        raise UsageError(f"{name}.threshold must be in [0, 1], got {t}")
-    if not 0.0 < portion <= 1.0:
-        raise UsageError(f"{name}.portion must be in (0, 1], got {portion}")
-    if lam < 0:
-        raise UsageError(f"{name}.target_weight must be >= 0, got {lam}")
-    if not isinstance(c["class_mix"], bool):
-        raise UsageError(f"{name}.class_mix must be true or false, got {c['class_mix']!r}")
-    return {**c, "threshold": t, "portion": portion, "target_weight": lam}
-
-
 class ThresholdSelfTrain(Method):
     name = "threshold"
     stage = "self-train"
     target_batches = "pseudo"
     needs_confidence = True  # the engine must deliver each target crop's confidence next to its pseudo-label
+    config_class = ThresholdConfig
 
     def __init__(self, cfg, student, num_classes, prototypes=None):
         super().__init__(cfg, student, num_classes, prototypes)
-        self.c = _check_cfg(cfg, self.name)
-        self.thresholds = fixed_thresholds(num_classes, self.c["threshold"]) if self.c["mode"] == "fixed" else None
+        self.thresholds = fixed_thresholds(num_classes, self.cfg.threshold) if self.cfg.mode == "fixed" else None
 
     def attach_pseudo_labels(self, folder: Path) -> None:
         """Called by the pipeline with the pseudo-label folder: class-balanced thresholds are computed
         over its whole confidence histogram."""
-        if self.c["mode"] != "class_balanced":
+        if self.cfg.mode != "class_balanced":
             return
         hist = load_confidence_histogram(folder)
         if hist.shape[0] != self.num_classes:
             raise DataError(f"{folder}: confidence histogram has {hist.shape[0]} classes, the model {self.num_classes}")
-        self.thresholds = class_balanced_thresholds(hist, self.c["portion"])
+        self.thresholds = class_balanced_thresholds(hist, self.cfg.portion)
         shown = ", ".join("-" if not np.isfinite(t) else f"{t:.3f}" for t in self.thresholds.tolist())
-        log(f"class-balanced thresholds (portion {self.c['portion']}): {shown}")
+        log(f"class-balanced thresholds (portion {self.cfg.portion}): {shown}")
 
     def extra_state(self):
         return {"thresholds": self.thresholds}
@@ -139,7 +132,7 @@ class ThresholdSelfTrain(Method):
             raise DataError("class-balanced thresholds need the pseudo-label folder (attach_pseudo_labels)")
         xt, yt = tgt["image"], threshold_pseudo_labels(tgt["label"], tgt["confidence"], self.thresholds)
         kept = ((yt != IGNORE).sum() / (tgt["label"] != IGNORE).sum().clamp(min=1)).item()
-        if self.c["class_mix"]:
+        if self.cfg.class_mix:
             mask = class_mix_mask(ys, rule="dacs").to(xs.dtype)
             xt, yt = mix(mask, xs, xt), mix(mask, ys, yt)
 
@@ -147,6 +140,6 @@ class ThresholdSelfTrain(Method):
         s = self.student(torch.cat([xs, xt]))["logits"]
         loss_src = seg_ce(s[:n], ys)
         loss_tgt = seg_ce(s[n:], yt)
-        loss = loss_src + self.c["target_weight"] * loss_tgt
+        loss = loss_src + self.cfg.target_weight * loss_tgt
         # kept: fraction of the crop's pseudo-labelled pixels that pass their class threshold
         return loss, {"loss_src": loss_src.item(), "loss_tgt": loss_tgt.item(), "kept": kept}

@@ -15,83 +15,110 @@ one would have logged. The translator supplies its networks, one iteration and i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from segadapt import config as C
+from segadapt import schema
 from segadapt.config import provenance
 from segadapt.data.datasets import TrainCrops
 from segadapt.data.prepared import PreparedDataset
 from segadapt.engine import distributed as D
 from segadapt.engine.checkpoint import RunLock, rng_state, save_checkpoint, set_rng_state
 from segadapt.engine.device import amp_dtype, autocast, resolve_device
+from segadapt.engine.run_config import CropsConfig, LogConfig
 from segadapt.engine.runlog import check_log_config
 from segadapt.engine.trainer import StageTrainer, seed_everything, start_run
 from segadapt.errors import DataError, UsageError
+from segadapt.schema import setting
 from segadapt.translation.losses import (EDGE_MODES, cycle_loss, discriminator_loss, lsgan_loss,
                                          semantic_edge_loss)
-from segadapt.translation.networks import build_discriminator, build_generator
+from segadapt.translation.networks import DISCRIMINATOR_DEFAULTS, build_discriminator, build_generator
 
 STAGE = "translator"  # the checkpoint's "stage": what DiGA checks before loading a generator
 
 
 # -- configuration ---------------------------------------------------------------------------------
 
+@dataclass
+class TranslatorDataConfig(CropsConfig):
+    """The segmentation stages' crops of both domains; the edge loss reads the source labels."""
+    crop: list[int] = setting(doc="training crop [H, W]; the generator is fully convolutional", length=2, lo=4)
+
+
+@dataclass
+class TranslatorLossConfig:
+    adv_weight: float = setting(doc="w_adv of the LSGAN generator loss (CycleGAN: 1; DiGA: 0.5)", lo=0)
+    cycle_weight: float = setting(doc="w_cyc of |F(G(x)) - x|_1 + |G(F(y)) - y|_1 (CycleGAN and DiGA: 10)", lo=0)
+    identity_weight: float = setting(doc="w_idt of |G(y) - y|_1 + |F(x) - x|_1 (0 = off)", lo=0)
+    edge_weight: float = setting(doc="w_edge of the semantic-edge loss (0 = off, labels then not needed)", lo=0)
+    edge_mode: str = setting(doc="sobel: keep relative Sobel edge strength on label boundaries; pixel: keep pixel "
+                             "values (DiGA code)", choices=EDGE_MODES)
+    edge_radius: int = setting(doc="dilate the 1-pixel boundary mask by this many pixels", lo=0)
+
+
+@dataclass
+class TranslatorOptimConfig:
+    lr: float = setting(doc="Adam learning rate of generators and discriminators", lo=0)
+    betas: list[float] = setting(doc="Adam betas (CycleGAN: [0.5, 0.999])", length=2, lo=0, hi=1, hi_open=True)
+    decay_start: float = setting(doc="constant lr for this fraction of the iterations, then linear decay to 0",
+                                 lo=0, hi=1)
+    iters: int = setting(doc="training iterations", lo=1)
+
+
+@dataclass
+class TranslatorTrainConfig:
+    log_every: int = setting(doc="a metrics.jsonl record every N iterations", lo=1)
+    ckpt_every: int = setting(doc="write RUN/last.pt every N iterations (and at the end)", lo=1)
+    amp: bool | str = setting("off", "off, or bf16 / auto (bf16 on CUDA GPUs that have it; no fp16 for GANs here)")
+    device: str = setting("auto", "auto = cuda when available, else cpu")
+
+
+#: {top-level key: section dataclass or doc} of a translator config; generator / discriminator are
+#: checked by their builders (translation/networks.py), as the model section by its architecture
+TRANSLATOR_SECTIONS = {"seed": "every random choice (initialisation, crops) derives from it",
+                       "data": TranslatorDataConfig, "generator": "the architecture of G: S->T and F: T->S",
+                       "discriminator": "D_T and D_S (multi-scale PatchGANs)", "loss": TranslatorLossConfig,
+                       "optim": TranslatorOptimConfig, "train": TranslatorTrainConfig, "log": LogConfig}
+
+
 def resolve_translator_config(config: str, overrides: list[str], iters: int | None) -> dict:
-    cfg = C.apply_overrides(C.load_config(config), list(overrides))
+    settable = {"seed"} | {f"{top}.{k}" for top, cls in TRANSLATOR_SECTIONS.items() if isinstance(cls, type)
+                           for k in schema.known_keys(cls) + list(getattr(cls, "renamed", {}))}
+    cfg = C.apply_overrides(C.load_config(config), list(overrides), settable=settable)
     if iters is not None:
         if iters <= 0:
             raise UsageError(f"--iters must be positive, got {iters}")
         cfg.setdefault("optim", {})["iters"] = iters
     for key in ("seed", "data", "generator", "discriminator", "loss", "optim", "train"):
         C.require(cfg, key)
-    check_translator_config(cfg)
+    cfg = check_translator_config(cfg)
     check_log_config(cfg)
     return cfg
 
 
-def _number(cfg: dict, dotted: str, lo: float | None = None, hi: float | None = None, integer: bool = False):
-    v = C.require(cfg, dotted)
-    try:
-        v = int(v) if integer else float(v)
-    except (TypeError, ValueError):
-        raise UsageError(f"{dotted} must be a{'n integer' if integer else ' number'}, got {v!r}") from None
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise UsageError(f"{dotted} must be in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}], "
-                         f"got {v}")
-    return v
-
-
-def check_translator_config(cfg: dict) -> None:
-    """Bad values -> one-line UsageError before anything is built or written."""
-    for k in ("adv_weight", "cycle_weight", "identity_weight", "edge_weight"):
-        _number(cfg, f"loss.{k}", lo=0.0)
-    if C.require(cfg, "loss.edge_mode") not in EDGE_MODES:
-        raise UsageError(f"loss.edge_mode must be one of {', '.join(EDGE_MODES)}, got {cfg['loss']['edge_mode']!r}")
-    _number(cfg, "loss.edge_radius", lo=0, integer=True)
-    _number(cfg, "optim.lr", lo=0.0)
-    _number(cfg, "optim.decay_start", lo=0.0, hi=1.0)
-    _number(cfg, "optim.iters", lo=1, integer=True)
-    betas = C.require(cfg, "optim.betas")
-    if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(isinstance(b, (int, float)) for b in betas)
-            and all(0 <= b < 1 for b in betas)):
-        raise UsageError(f"optim.betas must be two numbers in [0, 1), got {betas!r}")
-    _number(cfg, "data.batch_size", lo=1, integer=True)
-    for k in ("log_every", "ckpt_every"):
-        _number(cfg, f"train.{k}", lo=1, integer=True)
-    crop = C.require(cfg, "data.crop")
-    if not (isinstance(crop, (list, tuple)) and len(crop) == 2 and all(isinstance(c, int) and c >= 4 for c in crop)):
-        raise UsageError(f"data.crop must be [H, W] with both >= 4, got {crop!r}")
+def check_translator_config(cfg: dict) -> dict:
+    """Every section checked by its dataclass (bad keys and values -> one-line UsageError before anything
+    is built or written); returns the complete config, defaults filled in."""
+    schema.check_top_level(cfg, TRANSLATOR_SECTIONS)
+    out = {k: schema.to_dict(schema.parse(cls, cfg.get(k), k)) if isinstance(cls, type) else cfg[k]
+           for k, cls in TRANSLATOR_SECTIONS.items() if k in cfg or isinstance(cls, type)}
     # the coarsest PatchGAN sees the crop pooled (scales - 1) times by 2; after its `layers` stride-2 convs
     # it needs 3 pixels left (else instance norm meets a 1x1 map)
-    layers = _number(cfg, "discriminator.layers", lo=1, integer=True)
-    scales = _number(cfg, "discriminator.scales", lo=1, integer=True)
+    disc = {**DISCRIMINATOR_DEFAULTS, **(cfg.get("discriminator") or {})}
+    layers, scales = disc["layers"], disc["scales"]
+    for key, v in (("layers", layers), ("scales", scales)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UsageError(f"discriminator.{key} accepts integers in [1, inf), got {v!r}")
+    crop = out["data"]["crop"]
     need = 3 * 2 ** layers * 2 ** (scales - 1)
     if min(crop) < need:
         raise UsageError(f"data.crop {crop} is too small for a {scales}-scale PatchGAN with {layers} layers "
                          f"(needs >= {need} px; lower discriminator.scales or discriminator.layers)")
+    return out
 
 
 def decayed_lr(base_lr: float, it: int, total: int, decay_start: float) -> float:
@@ -203,10 +230,11 @@ class TranslatorStep:
 class TranslatorTrainer(StageTrainer):
     label = "train-translator"
     noun = "translator iterations"
+    config_docs = TRANSLATOR_SECTIONS  # comments of RUN/config.yaml
 
     def __init__(self, cfg: dict, source_items, target_items, out: Path, device, resume_ckpt: dict | None = None):
         super().__init__(cfg, out, device)
-        setting = str(cfg["train"].get("amp", "off"))
+        setting = str(cfg["train"]["amp"])
         amp = amp_dtype(setting, device)
         if amp == torch.float16:  # fp16 needs a loss scaler per optimiser; bf16 does not
             if setting.lower() != "auto":
@@ -218,9 +246,9 @@ class TranslatorTrainer(StageTrainer):
             set_rng_state(resume_ckpt.get("rng", {}))
             self.start = int(resume_ckpt["iteration"])
         d = cfg["data"]
-        crop, scale, flip = d["crop"], d.get("scale", [1.0, 1.0]), d.get("flip", True)
-        self.source_ds = TrainCrops(source_items, crop, scale, flip, base_size=d.get("source_size"))
-        self.target_ds = TrainCrops(target_items, crop, scale, flip, base_size=d.get("target_size"))
+        crop, scale, flip = d["crop"], d["scale"], d["flip"]
+        self.source_ds = TrainCrops(source_items, crop, scale, flip, resize=d["source_resize"])
+        self.target_ds = TrainCrops(target_items, crop, scale, flip, resize=d["target_resize"])
 
     def payload(self, iteration: int) -> dict:
         return {"stage": STAGE, "method": "cyclegan", "iteration": iteration, **self.core.state(),
@@ -270,7 +298,7 @@ def run_train_translator(*, config: str, source: Path, target: Path, out: Path, 
     d = cfg["data"]
     source_items = _items(source, str(d["source_split"]), float(cfg["loss"]["edge_weight"]) > 0, "source")
     target_items = _items(target, str(d["target_split"]), False, "target")  # target labels never reach training
-    device = resolve_device(cfg["train"].get("device", "auto"))
+    device = resolve_device(cfg["train"]["device"])
     try:
         resume_ckpt = start_run(out, cfg, resume, force, stage=STAGE)
         seed_everything(int(cfg["seed"]))
