@@ -16,7 +16,7 @@ import numpy as np
 
 from segadapt.data.labelspace import CAMVID11, IGNORE
 from segadapt.data.prepare.common import (FORCE, IMAGE_SIZE, OUT, ROOT, SPLITS, WORKERS, ConverterOption, RawItem,
-                                          converter, prepare)
+                                          chosen_splits, converter, prepare)
 from segadapt.errors import DataError, UsageError
 
 KIND = "camvid"
