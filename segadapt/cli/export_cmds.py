@@ -9,7 +9,6 @@ from typing import Optional
 import typer
 
 from segadapt.cli.options import hw_pair
-from segadapt.engine import export as X
 from segadapt.errors import UsageError
 
 
@@ -28,6 +27,8 @@ def export(
 ):
     """Export the model with its normalisation (uint8 RGB in, logits at input size out), check it against
     PyTorch (argmax agreement >= 99.9 % or exit 1) and only then write --out."""
+    from segadapt.engine import export as X  # torch and the models: imported here so --help stays fast
+
     sizes = [hw_pair(s.strip(), "--check-sizes") for s in check_sizes.split(",") if s.strip()]
     if not sizes:
         raise UsageError("--check-sizes needs at least one HxW")
@@ -43,4 +44,6 @@ def export(
 
 
 def _print(report: dict, json_out: bool) -> None:
+    from segadapt.engine import export as X
+
     typer.echo(json.dumps(report) if json_out else X.format_report(report))

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
 from segadapt.cli.options import float_list, hw_pair
-from segadapt.console import console
-from segadapt.data.prepare.common import parse_resize
-from segadapt.data.prepared import PreparedDataset
-from segadapt.engine import evaluate as E
-from segadapt.engine import pseudo_label as PL
-from segadapt.engine.device import amp_dtype, resolve_device
-from segadapt.engine.inference import Protocol
-from segadapt.engine.metrics import format_table
 from segadapt.errors import DataError, UsageError
+
+# torch, cv2 and the engine are imported inside each command: --help and usage errors stay fast
+if TYPE_CHECKING:
+    from segadapt.engine.inference import Protocol
 
 WEIGHTS = typer.Option("student", "--weights", help="student, or teacher (the EMA model).")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ...")
@@ -33,6 +29,8 @@ SIZE = typer.Option(None, "--size", help="Run the model on images resized to WxH
 
 
 def _protocol(scales, flip, fusion, mode, crop, stride) -> Protocol:
+    from segadapt.engine.inference import Protocol
+
     return Protocol(scales=float_list(scales, "--scales"), flip=flip, fusion=fusion, mode=mode,
                     crop=hw_pair(crop, "--crop"), stride=hw_pair(stride, "--stride")).validate()
 
@@ -56,6 +54,11 @@ def pseudo_label(
     workers: int = typer.Option(0, "--workers", help="Image-loading processes."),
 ):
     """Offline pseudo-labels, confidence maps and class prototypes for every target image (resumable)."""
+    from segadapt.data.prepare.common import parse_resize
+    from segadapt.data.prepared import PreparedDataset
+    from segadapt.engine import pseudo_label as PL
+    from segadapt.engine.device import amp_dtype, resolve_device
+
     dev = resolve_device(device)
     dataset = PreparedDataset(data)
     manifest = PL.generate(ckpt, dataset, split, out, _protocol(scales, flip, fusion, mode, crop, stride), weights,
@@ -92,6 +95,11 @@ def evaluate(
                                           "(built on the first run, rebuilt when a label file changes)."),
 ):
     """Per-class IoU and mIoU from one confusion matrix over the split."""
+    from segadapt.data.prepare.common import parse_resize
+    from segadapt.data.prepared import PreparedDataset
+    from segadapt.engine import evaluate as E
+    from segadapt.engine.device import amp_dtype, resolve_device
+
     if (ckpt is None) == (pred_dir is None):
         raise UsageError("give exactly one of --ckpt or --pred-dir")
     if save_matrix is not None:  # checked before a long evaluation, not after
@@ -112,6 +120,9 @@ def evaluate(
         typer.echo(json.dumps(result))
     else:
         from rich.console import Console
+
+        from segadapt.console import console
+        from segadapt.engine.metrics import format_table
 
         Console().print(format_table(result, f"{split}: {result['num_images']} images"))
         console.print(f"protocol: {json.dumps(result['protocol'])}", highlight=False)
@@ -150,6 +161,8 @@ def predict(
 ):
     """Predict images, folders, globs and videos: trainId, colour and overlay PNGs (+ confidence), and an
     overlay video per video (resumable; unreadable inputs are reported, skipped, and exit 1 at the end)."""
+    from segadapt.data.prepare.common import parse_resize
+    from segadapt.engine.device import amp_dtype, resolve_device
     from segadapt.engine.predict import predict as run_predict
 
     if (ckpt is None) == (model is None):

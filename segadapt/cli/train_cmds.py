@@ -8,8 +8,6 @@ from typing import List, Optional
 
 import typer
 
-from segadapt import pipeline
-
 CONFIG = typer.Option(..., "--config", "-c", help="Packaged config name (e.g. synthetic/diga_warmup) or a YAML path.")
 SET = typer.Option(None, "--set", help="Override a config value: --set optim.lr=0.01 (repeatable).")
 METHOD = typer.Option(None, "--method", help="Method to run (overrides the config's `method`).")
@@ -30,6 +28,8 @@ def warmup(
     force: bool = FORCE,
 ):
     """Stage 1: train on labelled source (and unlabelled target images) from scratch or ImageNet weights."""
+    from segadapt import pipeline  # torch and the engine: imported here so --help stays fast
+
     result = pipeline.run_warmup(config=config, source=source, target=target, out=out, overrides=set_ or [],
                                  method=method, iters=iters, resume=resume, force=force)
     typer.echo(json.dumps({"checkpoint": str(out / "last.pt"), **result}))
@@ -51,6 +51,8 @@ def self_train(
                                                 help="Accept pseudo-labels made by a checkpoint other than --ckpt."),
 ):
     """Stage 2: self-train on target pseudo-labels; run again from its checkpoint for a further round."""
+    from segadapt import pipeline
+
     result = pipeline.run_self_train(config=config, ckpt=ckpt, pseudo_labels=pseudo_labels, source=source,
                                      target=target, out=out, overrides=set_ or [], method=method, iters=iters,
                                      resume=resume, force=force, allow_other_checkpoint=allow_other_checkpoint)
