@@ -33,7 +33,10 @@ def _probe(*args: str) -> dict:
 def test_help_version_and_usage_errors_import_nothing_heavy():
     for args, code in ((["--help"], 0), (["evaluate", "--help"], 0), (["predict", "--help"], 0),
                        (["warmup", "--help"], 0), (["export", "--help"], 0), (["--version"], 0),
-                       (["no-such-command"], 2), (["evaluate", "--data"], 2)):
+                       (["no-such-command"], 2), (["evaluate", "--data"], 2),
+                       # the commands' own argument checks come before their imports
+                       (["evaluate", "--data", "d"], 2), (["predict", "--out", "o"], 2),
+                       (["export", "--ckpt", "c", "--format", "onnx", "--out", "o", "--check-count", "0"], 2)):
         got = _probe(*args)
         assert got == {"code": code, "loaded": []}, (args, got)
 

@@ -27,13 +27,13 @@ def export(
 ):
     """Export the model with its normalisation (uint8 RGB in, logits at input size out), check it against
     PyTorch (argmax agreement >= 99.9 % or exit 1) and only then write --out."""
-    from segadapt.engine import export as X  # torch and the models: imported here so --help stays fast
-
     sizes = [hw_pair(s.strip(), "--check-sizes") for s in check_sizes.split(",") if s.strip()]
     if not sizes:
         raise UsageError("--check-sizes needs at least one HxW")
     if check_count < 1:
         raise UsageError("--check-count must be at least 1")
+    from segadapt.engine import export as X  # torch and the models: imported here so --help stays fast
+
     try:
         report = X.export_model(ckpt, fmt, out, weights=weights, check_images=check_images, force=force,
                                 check_sizes=sizes, check_count=check_count)

@@ -95,11 +95,6 @@ def evaluate(
                                           "(built on the first run, rebuilt when a label file changes)."),
 ):
     """Per-class IoU and mIoU from one confusion matrix over the split."""
-    from segadapt.data.prepare.common import parse_resize
-    from segadapt.data.prepared import PreparedDataset
-    from segadapt.engine import evaluate as E
-    from segadapt.engine.device import amp_dtype, resolve_device
-
     if (ckpt is None) == (pred_dir is None):
         raise UsageError("give exactly one of --ckpt or --pred-dir")
     if save_matrix is not None:  # checked before a long evaluation, not after
@@ -107,6 +102,11 @@ def evaluate(
             raise UsageError(f"--save-matrix writes JSON: give a .json file, got {save_matrix}")
         if save_matrix.exists() and not force:
             raise DataError(f"{save_matrix} exists; pass --force to replace it")
+    from segadapt.data.prepare.common import parse_resize
+    from segadapt.data.prepared import PreparedDataset
+    from segadapt.engine import evaluate as E
+    from segadapt.engine.device import amp_dtype, resolve_device
+
     dataset = PreparedDataset(data)
     if ckpt is not None:
         dev = resolve_device(device)
@@ -161,13 +161,13 @@ def predict(
 ):
     """Predict images, folders, globs and videos: trainId, colour and overlay PNGs (+ confidence), and an
     overlay video per video (resumable; unreadable inputs are reported, skipped, and exit 1 at the end)."""
+    if (ckpt is None) == (model is None):
+        raise UsageError("give exactly one of --ckpt (a checkpoint or export folder) and --model (an .onnx or "
+                         "TorchScript export)")
     from segadapt.data.prepare.common import parse_resize
     from segadapt.engine.device import amp_dtype, resolve_device
     from segadapt.engine.predict import predict as run_predict
 
-    if (ckpt is None) == (model is None):
-        raise UsageError("give exactly one of --ckpt (a checkpoint or export folder) and --model (an .onnx or "
-                         "TorchScript export)")
     dev = resolve_device(device)
     summary = run_predict(ckpt or model, [*(inputs or []), *(more or [])], out,
                           _protocol(scales, flip, fusion, mode, crop, stride), weights, dev,
