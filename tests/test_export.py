@@ -274,3 +274,10 @@ def test_export_records_and_applies_a_caffe_style_input_norm(tmp_path):
         ref = F.interpolate(ref, size=x.shape[-2:], mode="bilinear", align_corners=False).numpy()
         got = torch.jit.load(str(tmp_path / "m.ts"))(x).numpy()
     assert_matches(ref, got, atol=1e-4)
+
+
+def test_cli_format_choices_are_the_engines():
+    from segadapt.cli.export_cmds import ExportFormat
+    from segadapt.engine.export import FORMATS
+
+    assert tuple(f.value for f in ExportFormat) == FORMATS

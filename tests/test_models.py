@@ -256,3 +256,32 @@ def test_tiny_learns_fixed_batch():
         losses.append(loss.item())
     assert losses[0] == pytest.approx(torch.log(torch.tensor(4.0)).item(), abs=0.1)  # near-uniform start
     assert losses[-1] < 0.25 * losses[0]
+
+
+def test_tiny_basic_block_matches_torchvision(monkeypatch):
+    """The tiny backbone's own BasicBlock (so that building it needs no torchvision import) is
+    torchvision's: from one seed the same parameters, and in training mode the same outputs, gradients
+    and BN running statistics, bit for bit."""
+    from torchvision.models.resnet import BasicBlock as TorchvisionBlock
+
+    from segadapt.models import backbones
+
+    def run(block_cls):
+        monkeypatch.setattr(backbones, "BasicBlock", block_cls)
+        torch.manual_seed(0)
+        net = backbones.TinyBackbone(width=8).train()
+        x = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(1))
+        outs = net(x)
+        sum(o.square().mean() for o in outs).backward()
+        return net, outs
+
+    ours, ours_out = run(backbones.BasicBlock)
+    ref, ref_out = run(TorchvisionBlock)
+    assert sum(isinstance(m, TorchvisionBlock) for m in ref.modules()) == 7  # (2, 2, 2, 1) blocks
+    assert not any(isinstance(m, TorchvisionBlock) for m in ours.modules())
+    a, b = ours.state_dict(), ref.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # weights after init and BN running stats after a step
+    assert all(torch.equal(o, r) for o, r in zip(ours_out, ref_out))
+    grads = {n: p.grad for n, p in ref.named_parameters()}
+    assert all(torch.equal(p.grad, grads[n]) for n, p in ours.named_parameters())

@@ -181,3 +181,19 @@ def test_bad_arguments(tmp_path):
         syn.generate_raw(tmp_path, n_source=1, n_target_train=0, n_target_val=0, width=8, height=8)
     with pytest.raises(UsageError):
         syn.generate_raw(tmp_path, n_source=-1)
+
+
+def test_face_shading_by_normal():
+    """A face's shade depends on where its normal points: sun side lit, far side dimmed by sun_contrast,
+    faces toward the camera in between, tops slightly brighter (hand-computed factors)."""
+    from segadapt.data.synthetic.raster import Camera, Canvas, Painter
+
+    st = syn.SOURCE_STYLE
+    pen = Painter(Canvas(W, H), Camera(W, H, 100.0, 2.0, W / 2, H / 2), st, np.random.default_rng(0))
+    c = st.sun_contrast
+    col = (200.0, 100.0, 50.0)
+    assert np.allclose(pen.face(col, pen.sun), col)
+    assert np.allclose(pen.face(col, -pen.sun), np.multiply(col, 1 - c))
+    assert np.allclose(pen.face(col, 0), np.multiply(col, 1 - 0.45 * c))
+    assert np.allclose(pen.face(col, top=True), np.minimum(np.multiply(col, 1 + 0.15 * c), 255))
+    assert pen.face((250, 250, 250), top=True).max() == 255  # clipped to the colour range

@@ -9,10 +9,11 @@ from typing import Optional
 import typer
 
 from segadapt.cli.options import Weights, choices, hw_pair
-from segadapt.engine import export as X
 from segadapt.errors import UsageError
 
-ExportFormat = choices("ExportFormat", X.FORMATS)
+# segadapt.engine.export.FORMATS, spelt here so that --help need not import torch (tests/test_export.py
+# checks that the two agree)
+ExportFormat = choices("ExportFormat", ("onnx", "torchscript", "safetensors"))
 
 
 def export(
@@ -35,6 +36,8 @@ def export(
         raise UsageError("--check-sizes needs at least one HxW")
     if check_count < 1:
         raise UsageError("--check-count must be at least 1")
+    from segadapt.engine import export as X  # torch and the models: imported here so --help stays fast
+
     try:
         report = X.export_model(ckpt, fmt.value, out, weights=weights.value, check_images=check_images, force=force,
                                 check_sizes=sizes, check_count=check_count)
@@ -45,4 +48,6 @@ def export(
 
 
 def _print(report: dict, json_out: bool) -> None:
+    from segadapt.engine import export as X
+
     typer.echo(json.dumps(report) if json_out else X.format_report(report))

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import typer
 
-from segadapt.engine.import_ckpt import import_checkpoint as run_import
-
 
 def import_checkpoint(
     source: str = typer.Option(..., "--from", help="Whose checkpoint: diga, proda or daformer."),
@@ -20,4 +18,6 @@ def import_checkpoint(
 ):
     """Convert a released DiGA / ProDA / DAFormer checkpoint (official key names, mapped strictly) into a
     segadapt checkpoint for evaluate, pseudo-label and self-train."""
+    from segadapt.engine.import_ckpt import import_checkpoint as run_import  # torch: imported here, --help stays fast
+
     typer.echo(json.dumps(run_import(source, weights, out, label_space=label_space, force=force)))

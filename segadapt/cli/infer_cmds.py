@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
 from segadapt.cli.options import (Amp, EvalProtocol, Fusion, Mode, Weights, float_list, hw_pair, input_size, renamed,
                                   with_options)
-from segadapt.console import console
-from segadapt.data.prepared import PreparedDataset
-from segadapt.engine import evaluate as E
-from segadapt.engine import pseudo_label as PL
-from segadapt.engine.device import amp_dtype, resolve_device
-from segadapt.engine.inference import Protocol
-from segadapt.engine.metrics import format_table
 from segadapt.errors import DataError, UsageError
+
+# torch, cv2 and the engine are imported inside each command: --help and usage errors stay fast
+if TYPE_CHECKING:
+    from segadapt.engine.inference import Protocol
 
 WEIGHTS = typer.Option(Weights.student, "--weights", help="student, or teacher (the EMA model).")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ...")
@@ -39,6 +36,8 @@ INFERENCE_OPTIONS = {"scales": (str, SCALES), "flip": (bool, FLIP), "fusion": (F
 
 
 def _protocol(scales, flip, fusion, mode, crop, stride) -> Protocol:
+    from segadapt.engine.inference import Protocol
+
     return Protocol(scales=float_list(scales, "--scales"), flip=flip, fusion=fusion.value, mode=mode.value,
                     crop=hw_pair(crop, "--crop"), stride=hw_pair(stride, "--stride")).validate()
 
@@ -63,6 +62,10 @@ def pseudo_label(
     workers: int = typer.Option(0, "--workers", help="Image-loading processes."),
 ):
     """Offline pseudo-labels, confidence maps and class prototypes for every target image (resumable)."""
+    from segadapt.data.prepared import PreparedDataset
+    from segadapt.engine import pseudo_label as PL
+    from segadapt.engine.device import amp_dtype, resolve_device
+
     dev = resolve_device(device)
     dataset = PreparedDataset(data)
     manifest = PL.generate(ckpt, dataset, split, out, _protocol(scales, flip, fusion, mode, crop, stride),
@@ -100,6 +103,10 @@ def evaluate(
             raise UsageError(f"--save-matrix writes JSON: give a .json file, got {save_matrix}")
         if save_matrix.exists() and not force:
             raise DataError(f"{save_matrix} exists; pass --force to replace it")
+    from segadapt.data.prepared import PreparedDataset
+    from segadapt.engine import evaluate as E
+    from segadapt.engine.device import amp_dtype, resolve_device
+
     dataset = PreparedDataset(data)
     classes = classes.value
     if ckpt is not None:
@@ -114,6 +121,9 @@ def evaluate(
         typer.echo(json.dumps(result))
     else:
         from rich.console import Console
+
+        from segadapt.console import console
+        from segadapt.engine.metrics import format_table
 
         Console().print(format_table(result, f"{split}: {result['num_images']} images"))
         console.print(f"protocol: {json.dumps(result['protocol'])}", highlight=False)
@@ -144,13 +154,13 @@ def predict(
 ):
     """Predict images, folders, globs and videos: trainId, colour and overlay PNGs (+ confidence), and an
     overlay video per video (resumable; unreadable inputs are reported, skipped, and exit 1 at the end)."""
-    from segadapt.engine.predict import predict as run_predict
-
     scales, flip, fusion, mode, crop, stride, size, _, weights, device, amp = (inference[k] for k in INFERENCE_OPTIONS)
-
     if (ckpt is None) == (model is None):
         raise UsageError("give exactly one of --ckpt (a checkpoint or export folder) and --model (an .onnx or "
                          "TorchScript export)")
+    from segadapt.engine.device import amp_dtype, resolve_device
+    from segadapt.engine.predict import predict as run_predict
+
     dev = resolve_device(device)
     summary = run_predict(ckpt or model, [*(inputs or []), *(more or [])], out,
                           _protocol(scales, flip, fusion, mode, crop, stride), weights.value, dev,

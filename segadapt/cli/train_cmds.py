@@ -8,7 +8,6 @@ from typing import List, Optional
 
 import typer
 
-from segadapt import pipeline
 from segadapt.cli.options import with_options
 
 CONFIG = typer.Option(..., "--config", "-c", help="Packaged config name (e.g. synthetic/diga_warmup) or a YAML path.")
@@ -37,6 +36,8 @@ def warmup(
     **run,
 ):
     """Stage 1: train on labelled source (and unlabelled target images) from scratch or ImageNet weights."""
+    from segadapt import pipeline  # torch and the engine: imported here so --help stays fast
+
     result = pipeline.run_warmup(config=config, source=source, target=target, out=out, **_run_args(run))
     typer.echo(json.dumps({"checkpoint": str(out / "last.pt"), **result}))
 
@@ -54,6 +55,8 @@ def self_train(
     **run,
 ):
     """Stage 2: self-train on target pseudo-labels; run again from its checkpoint for a further round."""
+    from segadapt import pipeline  # torch and the engine: imported here so --help stays fast
+
     result = pipeline.run_self_train(config=config, ckpt=ckpt, pseudo_labels=pseudo_labels, source=source,
                                      target=target, out=out, allow_other_checkpoint=allow_other_checkpoint,
                                      **_run_args(run))

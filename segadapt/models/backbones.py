@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 from segadapt.errors import DataError, UsageError
 from segadapt.models import efficientnet
+
+# torchvision (as long to import as torch itself) is imported only where a torchvision ResNet is built
+# or its weights looked up, so the tiny backbone and every --help do not pay for it
+if TYPE_CHECKING:
+    import torchvision
 
 RESNETS = ("resnet18", "resnet50", "resnet101")
 
@@ -79,6 +83,8 @@ def build_resnet(name: str) -> ResNetBackbone:
     """Randomly initialised dilated ResNet (layer3 dilation 2, layer4 dilation 4, output stride 8)."""
     if name not in RESNETS:
         raise UsageError(f"unknown ResNet {name!r}; choose one of {', '.join(RESNETS)}")
+    import torchvision
+
     ctor = getattr(torchvision.models, name)
     if name == "resnet18":
         net = ctor(weights=None)
@@ -87,6 +93,32 @@ def build_resnet(name: str) -> ResNetBackbone:
     else:
         net = ctor(weights=None, replace_stride_with_dilation=[False, True, True])
     return ResNetBackbone(net)
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic residual block (two 3x3 conv-BN, ReLU, identity or 1x1 shortcut), built like
+    torchvision's ``resnet.BasicBlock``: same attributes in the same creation order (so the same
+    parameter names and, from one seed, the same initial values) and the same forward. The tiny
+    backbone uses it instead of torchvision's so that building it does not import torchvision;
+    tests/test_models.py checks the two agree."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        identity = x
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
 
 
 class TinyBackbone(nn.Module):
@@ -203,6 +235,8 @@ def load_pretrained(backbone: nn.Module, name: str, source: str) -> None:
         state = _read_state_file(source)
         origin = source
     else:
+        import torchvision
+
         enum = torchvision.models.get_model_weights(name)
         if source not in enum.__members__:
             raise UsageError(

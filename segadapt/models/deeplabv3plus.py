@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from segadapt.errors import UsageError
@@ -58,6 +57,8 @@ def build_resnet_os(name: str, output_stride: int) -> ResNetBackbone:
     layer4 dilated, by 2). Same parameter names and shapes either way, so weights load into both."""
     if output_stride == 8:
         return build_resnet(name)
+    import torchvision  # here, not at the top: only a torchvision ResNet needs it
+
     ctor = getattr(torchvision.models, name)
     if name == "resnet18":
         net = ctor(weights=None)
