@@ -30,7 +30,7 @@ from segadapt.data.labelspace import IGNORE
 from segadapt.data.mixing import class_mix_mask, mix, photometric
 from segadapt.engine.ema import DEFAULT_BN, check_bn_mode, ema_step, make_teacher, teacher_forward
 from segadapt.errors import UsageError
-from segadapt.methods.base import Method, seg_ce
+from segadapt.methods.base import Method, register_method, seg_ce
 
 DEFAULTS = {
     "tau": 0.968, "ema_alpha": 0.99, "mix_weight": 1.0, "class_mix": True, "confidence_weight": True,
@@ -112,13 +112,12 @@ def _check_cfg(cfg: dict, name: str) -> dict:
 
 # -- the method -------------------------------------------------------------------------------------
 
+@register_method("warmup", "dacs")
 class DacsWarmup(Method):
-    name = "dacs"
-    stage = "warmup"
     target_batches = "target"  # target images; their labels are never read
 
-    def __init__(self, cfg, student, num_classes, prototypes=None):
-        super().__init__(cfg, student, num_classes, prototypes)
+    def __init__(self, cfg, student, num_classes):
+        super().__init__(cfg, student, num_classes)
         self.c = _check_cfg(cfg, self.name)
         self.teacher = make_teacher(student, self.c["ema_bn"], dropout=False)
         self.generator = None  # the engine reseeds torch's global RNG every iteration
@@ -159,8 +158,7 @@ class DacsWarmup(Method):
         return loss, {"loss_src": loss_src.item(), "loss_mix": loss_mix.item(), "conf_weight": float(q)}
 
 
+@register_method("self-train", "dacs")
 class DacsSelfTrain(DacsWarmup):
     """DACS continued from a checkpoint (e.g. after a warm-up). Ignores the offline pseudo-labels and the
     prototypes of the pseudo-label folder: its pseudo-labels come from the online EMA teacher."""
-
-    stage = "self-train"

@@ -23,7 +23,7 @@ from segadapt.data.labelspace import IGNORE
 from segadapt.data.mixing import FDA_WINDOWS, class_mix_mask, fda, mix, photometric
 from segadapt.engine.ema import DEFAULT_BN, check_bn_mode, ema_step, make_teacher, teacher_forward
 from segadapt.errors import DataError, SegadaptError, UsageError
-from segadapt.methods.base import Method, seg_ce, soft_ce
+from segadapt.methods.base import Method, MethodState, register_method, seg_ce, soft_ce
 
 
 # -- the paper's pieces as plain functions (tested one by one) ----------------------------------
@@ -147,8 +147,8 @@ class _WithTeacher(Method):
     #: DiGA never puts its teacher in eval mode: with ``ema_bn: batch`` its dropout stays active
     teacher_dropout = True
 
-    def __init__(self, cfg, student, num_classes, prototypes=None):
-        super().__init__(cfg, student, num_classes, prototypes)
+    def __init__(self, cfg, student, num_classes):
+        super().__init__(cfg, student, num_classes)
         self.ema_bn = check_bn_mode(self.cfg.get("ema_bn", DEFAULT_BN), self.name)
         fda_window(self.cfg)  # a bad value fails before training starts
         self.teacher = make_teacher(student, self.ema_bn, self.teacher_dropout)
@@ -180,9 +180,8 @@ class _WithTeacher(Method):
         return x_aug, x_cd
 
 
+@register_method("warmup", "diga")
 class DigaWarmup(_WithTeacher):
-    name = "diga"
-    stage = "warmup"
 
     @property
     def target_batches(self):
@@ -212,26 +211,34 @@ class DigaWarmup(_WithTeacher):
         return loss, logs
 
 
+@register_method("self-train", "diga")
 class DigaSelfTrain(_WithTeacher):
-    name = "diga"
-    stage = "self-train"
     target_batches = "pseudo"
 
-    def __init__(self, cfg, student, num_classes, prototypes: torch.Tensor | None = None):
-        super().__init__(cfg, student, num_classes, prototypes)
+    def __init__(self, cfg, student, num_classes):
+        super().__init__(cfg, student, num_classes)
+        # the class prototypes, from the pseudo-label folder (use_pseudo_labels), moved as training goes
+        self.state = MethodState(prototypes=None)
+        # a fixed confidence threshold needs each target crop's confidence map next to its pseudo-label
+        self.needs_confidence = self.cfg.get("selection", "dps") == "threshold"
+
+    def use_pseudo_labels(self, folder):
+        prototypes = folder.prototypes()
         if self.cfg.get("selection", "dps") == "dps" and prototypes is None:
             raise UsageError("DiGA self-training with dynamic pseudo-label selection needs the pseudo-label "
                              "folder's prototypes.pt")
         self.prototypes = prototypes.clone().float() if prototypes is not None else None
-        # a fixed confidence threshold needs each target crop's confidence map next to its pseudo-label
-        self.needs_confidence = self.cfg.get("selection", "dps") == "threshold"
 
-    def extra_state(self):
-        return {"prototypes": self.prototypes}
+    @property
+    def prototypes(self) -> torch.Tensor | None:
+        return self.state["prototypes"]
 
-    def load_extra_state(self, state):
-        if state.get("prototypes") is not None:
-            self.prototypes = state["prototypes"].float()
+    @prototypes.setter
+    def prototypes(self, value: torch.Tensor | None) -> None:
+        self.state["prototypes"] = value
+
+    def modules(self):
+        return {**super().modules(), "method_state": self.state}
 
     def training_step(self, batch, iteration):
         xs, ys = batch["source"]["image"], batch["source"]["label"]

@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from segadapt.data.labelspace import IGNORE
 from segadapt.errors import UsageError
-from segadapt.methods.base import Method, seg_ce
+from segadapt.methods.base import Method, register_method, seg_ce
 from segadapt.methods.lovasz import lovasz_softmax
 
 EPS = 1e-10  # guards log(0) of probabilities and division by a zero row std (released code: 1e-10)
@@ -244,13 +244,12 @@ def downsample_label(label: torch.Tensor, size) -> torch.Tensor:
 
 # -- the stage ------------------------------------------------------------------------------------
 
+@register_method("warmup", "plca")
 class PLCA(Method):
-    name = "plca"
-    stage = "warmup"
     target_batches = "target"
 
-    def __init__(self, cfg, student, num_classes, prototypes=None):
-        super().__init__(cfg, student, num_classes, prototypes)
+    def __init__(self, cfg, student, num_classes):
+        super().__init__(cfg, student, num_classes)
         self.s = check_config(cfg)
 
     def training_step(self, batch, iteration):

@@ -3,12 +3,11 @@ target oracle (pass the target's prepared folder as --source)."""
 
 from __future__ import annotations
 
-from segadapt.methods.base import Method, seg_ce
+from segadapt.methods.base import Method, register_method, seg_ce
 
 
+@register_method("warmup", "source-only")
 class SourceOnly(Method):
-    name = "source-only"
-    stage = "warmup"
 
     def training_step(self, batch, iteration):
         x, y = batch["source"]["image"], batch["source"]["label"]

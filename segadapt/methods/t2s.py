@@ -55,7 +55,7 @@ from segadapt.data.labelspace import IGNORE
 from segadapt.data.mixing import FDA_WINDOWS, class_mix_mask, mix, photometric
 from segadapt.engine.ema import BN_MODES, DEFAULT_BN, ema_step, make_teacher, teacher_forward
 from segadapt.errors import UsageError
-from segadapt.methods.base import Method, seg_ce
+from segadapt.methods.base import Method, MethodState, register_method, seg_ce
 from segadapt.methods.diga import class_feature_means, downsample_label, translate
 
 # every key of the `t2s:` config section with its default (the shipped configs list them all)
@@ -271,16 +271,15 @@ def resolve_config(cfg: dict) -> dict:
 
 # -- the method -----------------------------------------------------------------------------------
 
+@register_method("self-train", "t2s")
 class T2S(Method):
-    name = "t2s"
-    stage = "self-train"
     teacher_dropout = False
     target_batches = "pseudo"
 
-    def __init__(self, cfg, student, num_classes, prototypes=None):
-        # ``prototypes`` (the pseudo-label folder's, in the model's feature space) are not used: T2S
-        # keeps its own source prototypes in the projection space.
-        super().__init__(cfg, student, num_classes, prototypes)
+    def __init__(self, cfg, student, num_classes):
+        # the pseudo-label folder's prototypes (in the model's feature space) are not used: T2S keeps its
+        # own source prototypes in the projection space
+        super().__init__(cfg, student, num_classes)
         self.opt = resolve_config(dict(cfg))
         feat_dim = int(student.spec.get("feat_dim", 0)) if hasattr(student, "spec") else 0
         if feat_dim <= 0:
@@ -294,15 +293,15 @@ class T2S(Method):
         self.projector = ProjectionHead(feat_dim, self.opt["proj_dim"])
         self.teacher_projector = make_teacher(self.projector, self.opt["ema_bn"], self.teacher_dropout)
         c = num_classes
-        # online estimates (checkpointed through extra_state so a resumed run continues exactly)
+        # online estimates (buffers of the checkpointed "method_state" module, so a resumed run continues exactly)
         no = torch.zeros(c, dtype=torch.bool)
-        self.state = {"prototypes": torch.zeros(c, self.opt["proj_dim"]), "proto_seen": no.clone(),
-                      "dist": torch.zeros(c), "dist_seen": no.clone(), "conf": torch.zeros(c), "conf_seen": no.clone()}
+        self.state = MethodState(prototypes=torch.zeros(c, self.opt["proj_dim"]), proto_seen=no.clone(),
+                                 dist=torch.zeros(c), dist_seen=no.clone(), conf=torch.zeros(c), conf_seen=no.clone())
 
     # -- engine hooks ----------------------------------------------------------------------------
     def modules(self):
         return {"student": self.student, "teacher": self.teacher, "projector": self.projector,
-                "teacher_projector": self.teacher_projector}
+                "teacher_projector": self.teacher_projector, "method_state": self.state}
 
     def param_groups(self):
         # the projection head is new at this stage: it trains at the head learning rate (optim.py
@@ -312,14 +311,6 @@ class T2S(Method):
     def train(self):
         self.student.train()
         self.projector.train()
-
-    def extra_state(self):
-        return {k: v.detach().cpu().clone() for k, v in self.state.items()}
-
-    def load_extra_state(self, state):
-        for k in self.state:
-            if k in state and state[k] is not None:
-                self.state[k] = state[k].clone()
 
     def after_step(self, iteration):
         ema_step([(self.teacher, self.student), (self.teacher_projector, self.projector)], iteration,

@@ -20,29 +20,21 @@ pixels of class c are kept over the set, and at most one bin's worth more (exact
 from __future__ import annotations
 
 from fractions import Fraction
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from segadapt.console import log
 from segadapt.data.labelspace import IGNORE
 from segadapt.data.mixing import class_mix_mask, mix
-from segadapt.engine.pseudo_label import CONF_SCALE, load_confidence_histogram
+from segadapt.data.pseudo_labels import bin_floor
 from segadapt.errors import DataError, UsageError
-from segadapt.methods.base import Method, seg_ce
+from segadapt.methods.base import Method, MethodState, register_method, seg_ce
 
 DEFAULTS = {"mode": "class_balanced", "threshold": 0.9, "portion": 0.5, "target_weight": 1.0, "class_mix": False}
 MODES = ("fixed", "class_balanced")
 
 
 # -- the pieces as plain functions (tested one by one) ------------------------------------------
-
-def _on_stored_grid(u16: np.ndarray) -> np.ndarray:
-    """float32(u) / float32(65535): the same expression TrainCrops uses for the confidence crops, so a
-    threshold and a stored confidence of equal uint16 value compare equal."""
-    return u16.astype(np.float32) / np.float32(CONF_SCALE)
-
 
 def class_balanced_thresholds(hist: np.ndarray, portion: float) -> torch.Tensor:
     """Per-class thresholds (C,) float32 from a (C, bins) histogram of stored confidences per predicted
@@ -59,8 +51,7 @@ def class_balanced_thresholds(hist: np.ndarray, portion: float) -> torch.Tensor:
         if k[cls] == 0:
             continue
         b = int(np.nonzero(from_top[cls] >= k[cls])[0].max())  # highest bin with at least k pixels at or above it
-        u16 = -(-b * CONF_SCALE // bins)  # ceil: smallest stored value whose bin is b
-        out[cls] = _on_stored_grid(np.array([u16]))[0]
+        out[cls] = bin_floor(b, bins)  # as training reads the stored values: equal values compare equal
     return torch.from_numpy(out)
 
 
@@ -99,36 +90,41 @@ def _check_cfg(cfg: dict, name: str) -> dict:
     return {**c, "threshold": t, "portion": portion, "target_weight": lam}
 
 
+@register_method("self-train", "threshold")
 class ThresholdSelfTrain(Method):
-    name = "threshold"
-    stage = "self-train"
     target_batches = "pseudo"
     needs_confidence = True  # the engine must deliver each target crop's confidence next to its pseudo-label
 
-    def __init__(self, cfg, student, num_classes, prototypes=None):
-        super().__init__(cfg, student, num_classes, prototypes)
+    def __init__(self, cfg, student, num_classes):
+        super().__init__(cfg, student, num_classes)
         self.c = _check_cfg(cfg, self.name)
         self.generator = None  # the engine reseeds torch's global RNG every iteration
-        self.thresholds = fixed_thresholds(num_classes, self.c["threshold"]) if self.c["mode"] == "fixed" else None
+        # checkpointed: a resumed run keeps the thresholds it started with
+        self.state = MethodState(thresholds=fixed_thresholds(num_classes, self.c["threshold"])
+                                 if self.c["mode"] == "fixed" else None)
 
-    def attach_pseudo_labels(self, folder: Path) -> None:
-        """Called by the pipeline with the pseudo-label folder: class-balanced thresholds are computed
-        over its whole confidence histogram."""
+    def use_pseudo_labels(self, folder):
+        """Class-balanced thresholds are computed over the folder's whole confidence histogram."""
         if self.c["mode"] != "class_balanced":
             return
-        hist = load_confidence_histogram(folder)
+        hist = folder.histogram()
         if hist.shape[0] != self.num_classes:
-            raise DataError(f"{folder}: confidence histogram has {hist.shape[0]} classes, the model {self.num_classes}")
+            raise DataError(f"{folder.root}: confidence histogram has {hist.shape[0]} classes, the model "
+                            f"{self.num_classes}")
         self.thresholds = class_balanced_thresholds(hist, self.c["portion"])
         shown = ", ".join("-" if not np.isfinite(t) else f"{t:.3f}" for t in self.thresholds.tolist())
         log(f"class-balanced thresholds (portion {self.c['portion']}): {shown}")
 
-    def extra_state(self):
-        return {"thresholds": self.thresholds}
+    @property
+    def thresholds(self) -> torch.Tensor | None:
+        return self.state["thresholds"]
 
-    def load_extra_state(self, state):
-        if state.get("thresholds") is not None:  # a resumed run keeps the thresholds it started with
-            self.thresholds = state["thresholds"].float()
+    @thresholds.setter
+    def thresholds(self, value: torch.Tensor | None) -> None:
+        self.state["thresholds"] = value
+
+    def modules(self):
+        return {**super().modules(), "method_state": self.state}
 
     def training_step(self, batch, iteration):
         xs, ys = batch["source"]["image"], batch["source"]["label"]
@@ -136,7 +132,7 @@ class ThresholdSelfTrain(Method):
         if "confidence" not in tgt:
             raise DataError("threshold self-training needs the pseudo-labels' confidence maps in the target batch")
         if self.thresholds is None:
-            raise DataError("class-balanced thresholds need the pseudo-label folder (attach_pseudo_labels)")
+            raise DataError("class-balanced thresholds need the pseudo-label folder (use_pseudo_labels)")
         xt, yt = tgt["image"], threshold_pseudo_labels(tgt["label"], tgt["confidence"], self.thresholds)
         kept = ((yt != IGNORE).sum() / (tgt["label"] != IGNORE).sum().clamp(min=1)).item()
         if self.c["class_mix"]:
