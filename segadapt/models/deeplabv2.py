@@ -33,7 +33,7 @@ from torch import nn
 from segadapt.errors import UsageError
 from segadapt.models.backbones import BACKBONES, _looks_like_path, build_backbone
 from segadapt.models.base import (BACKBONE_INPUT_NORMS, SegmentationNet, check_conv_head_spec, check_input_norm,
-                                  is_pos_int)
+                                  is_pos_int, register_arch)
 
 # Per-backbone defaults: tiny runs on 16x32 maps and must stay small (the ASPP dominates its
 # parameter count), the ResNets use the papers' settings.
@@ -53,8 +53,7 @@ SE_REDUCTION = 16  # squeeze-and-excitation reduction of the proda head (officia
 def resolve_spec(spec: dict) -> dict:
     """Validate a deeplabv2 spec (keys as in ``segadapt.models.build_model``) and fill defaults."""
     backbone = spec.get("backbone", "resnet101")
-    if backbone not in BACKBONES:
-        raise UsageError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    BACKBONES.get(backbone)  # an unknown name: UsageError with the close matches
     defaults = _DEFAULTS.get(backbone, _DEFAULTS["resnet"])
     head = spec.get("head", "aspp_sum")
     if head not in HEADS:
@@ -178,6 +177,7 @@ class DeepLabV2(SegmentationNet):
         return self.relu(self.aspp_bn(out))
 
 
+@register_arch("deeplabv2", keys=KEYS, resolve_spec=resolve_spec)
 def build(spec: dict, num_classes: int) -> DeepLabV2:
     """Build from a spec already resolved by :func:`resolve_spec`."""
     backbone = build_backbone(spec["backbone"], pretrained=spec["pretrained"], width=spec["width"])
