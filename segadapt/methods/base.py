@@ -67,6 +67,21 @@ class MethodState(nn.Module):
                                       error_msgs)
 
 
+class state_buffer:  # noqa: N801 - used like ``property``
+    """Class attribute ``prototypes = state_buffer()`` of a method: reads and writes the buffer of that
+    name in the method's ``self.state`` (a :class:`MethodState`), so the method's code uses it like a
+    plain attribute while the engine checkpoints it."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.key = name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else obj.state[self.key]
+
+    def __set__(self, obj, value: torch.Tensor | None) -> None:
+        obj.state[self.key] = value
+
+
 class Method:
     """One adaptation method of one stage. Subclasses set ``target_batches`` (and ``needs_confidence``
     where they threshold pseudo-labels), write ``training_step``, and override any hook below they need."""

@@ -23,7 +23,7 @@ from segadapt.data.labelspace import IGNORE
 from segadapt.data.mixing import FDA_WINDOWS, class_mix_mask, fda, mix, photometric
 from segadapt.engine.ema import DEFAULT_BN, check_bn_mode, ema_step, make_teacher, teacher_forward
 from segadapt.errors import DataError, SegadaptError, UsageError
-from segadapt.methods.base import Method, MethodState, register_method, seg_ce, soft_ce
+from segadapt.methods.base import Method, MethodState, register_method, seg_ce, soft_ce, state_buffer
 
 
 # -- the paper's pieces as plain functions (tested one by one) ----------------------------------
@@ -214,6 +214,7 @@ class DigaWarmup(_WithTeacher):
 @register_method("self-train", "diga")
 class DigaSelfTrain(_WithTeacher):
     target_batches = "pseudo"
+    prototypes = state_buffer()  # (C, D) float32, or None without the folder's prototypes.pt
 
     def __init__(self, cfg, student, num_classes):
         super().__init__(cfg, student, num_classes)
@@ -228,14 +229,6 @@ class DigaSelfTrain(_WithTeacher):
             raise UsageError("DiGA self-training with dynamic pseudo-label selection needs the pseudo-label "
                              "folder's prototypes.pt")
         self.prototypes = prototypes.clone().float() if prototypes is not None else None
-
-    @property
-    def prototypes(self) -> torch.Tensor | None:
-        return self.state["prototypes"]
-
-    @prototypes.setter
-    def prototypes(self, value: torch.Tensor | None) -> None:
-        self.state["prototypes"] = value
 
     def modules(self):
         return {**super().modules(), "method_state": self.state}

@@ -28,7 +28,7 @@ from segadapt.data.labelspace import IGNORE
 from segadapt.data.mixing import class_mix_mask, mix
 from segadapt.data.pseudo_labels import bin_floor
 from segadapt.errors import DataError, UsageError
-from segadapt.methods.base import Method, MethodState, register_method, seg_ce
+from segadapt.methods.base import Method, MethodState, register_method, seg_ce, state_buffer
 
 DEFAULTS = {"mode": "class_balanced", "threshold": 0.9, "portion": 0.5, "target_weight": 1.0, "class_mix": False}
 MODES = ("fixed", "class_balanced")
@@ -93,6 +93,7 @@ def _check_cfg(cfg: dict, name: str) -> dict:
 @register_method("self-train", "threshold")
 class ThresholdSelfTrain(Method):
     target_batches = "pseudo"
+    thresholds = state_buffer()  # (C,) float32; None until the folder's histogram gives class-balanced ones
     needs_confidence = True  # the engine must deliver each target crop's confidence next to its pseudo-label
 
     def __init__(self, cfg, student, num_classes):
@@ -114,14 +115,6 @@ class ThresholdSelfTrain(Method):
         self.thresholds = class_balanced_thresholds(hist, self.c["portion"])
         shown = ", ".join("-" if not np.isfinite(t) else f"{t:.3f}" for t in self.thresholds.tolist())
         log(f"class-balanced thresholds (portion {self.c['portion']}): {shown}")
-
-    @property
-    def thresholds(self) -> torch.Tensor | None:
-        return self.state["thresholds"]
-
-    @thresholds.setter
-    def thresholds(self, value: torch.Tensor | None) -> None:
-        self.state["thresholds"] = value
 
     def modules(self):
         return {**super().modules(), "method_state": self.state}
