@@ -11,18 +11,17 @@ import torch
 from segadapt import config as C
 from segadapt import schema
 from segadapt.console import log
-from segadapt.data.datasets import pseudo_label_items
 from segadapt.data.labelspace import IGNORE, class_map_lut
 from segadapt.data.prepared import PreparedDataset
+from segadapt.data.pseudo_labels import PseudoLabelFolder
 from segadapt.engine import distributed as D
 from segadapt.engine.checkpoint import RunLock, file_sha256
 from segadapt.engine.device import resolve_device
 from segadapt.engine.inference import load_model
-from segadapt.engine.pseudo_label import load_pseudo_labels
 from segadapt.engine.runlog import check_log_config
 from segadapt.engine.trainer import Trainer, seed_everything, start_run
 from segadapt.errors import DataError, UsageError
-from segadapt.methods import METHODS, method_class
+from segadapt.methods import STAGES, method_class
 from segadapt.models import model_signature, resolve_spec
 from segadapt.models.segmenter import build_segmenter
 
@@ -48,10 +47,10 @@ def resolve_train_config(config: str, overrides: list[str], method: str | None, 
 def _section_classes(stage: str) -> dict:
     """{method name: its config dataclass}: this stage's methods, then the other stage's (a config may
     carry the section of a method of the other stage, e.g. a self-train file based on a warm-up one)."""
-    other = [s for s in METHODS if s != stage]
+    other = [s for s in STAGES if s != stage]
     out = {}
     for s in [stage, *other]:
-        for name, cls in METHODS.get(s, {}).items():
+        for name, cls in STAGES[s].items():
             out.setdefault(name, cls.config_class)
     return out
 
@@ -62,7 +61,7 @@ def config_sections(cfg: dict, stage: str) -> dict:
     from segadapt.engine.run_config import ENGINE_SECTIONS, TOP_LEVEL_DOCS
 
     methods = _section_classes(stage)
-    if cfg.get("method") in METHODS.get(stage, {}):
+    if cfg.get("method") in STAGES[stage]:
         methods[cfg["method"]] = method_class(stage, cfg["method"]).config_class
     return {**TOP_LEVEL_DOCS, **ENGINE_SECTIONS, **{k: methods[k] for k in cfg if k in methods}}
 
@@ -213,37 +212,33 @@ def run_self_train(*, config: str, ckpt: Path, pseudo_labels: Path, source: Path
     cfg["model"] = {**init_ckpt["model_spec"], "pretrained": None}  # weights come from the checkpoint
     cfg["model"].pop("num_classes", None)
     tsplit = cfg["data"]["target_split"]
-    manifest, prototypes = load_pseudo_labels(pseudo_labels, tgt, tsplit)
+    folder = PseudoLabelFolder.open(pseudo_labels, tgt, tsplit)
+    manifest = folder.manifest()
     sha = file_sha256(ckpt)
     if manifest.get("checkpoint_sha256") != sha and not allow_other_checkpoint:
         raise DataError(f"pseudo-labels in {pseudo_labels} were made by another checkpoint ({manifest.get('checkpoint')}); "
                         "pass --allow-other-checkpoint if that is intended")
     resume_ckpt = start_run(out, cfg, resume, force)
     try:
-        return _self_train(cfg, src, tgt, out, resume_ckpt, device, init_model, init_ls, ckpt, sha, pseudo_labels,
-                           prototypes, tsplit)
+        return _self_train(cfg, src, tgt, out, resume_ckpt, device, init_model, init_ls, ckpt, sha, folder, tsplit)
     finally:
         RunLock.release_folder(out)
 
 
-def _self_train(cfg, src, tgt, out, resume_ckpt, device, init_model, init_ls, ckpt, sha, pseudo_labels, prototypes,
-                tsplit) -> dict:
+def _self_train(cfg, src, tgt, out, resume_ckpt, device, init_model, init_ls, ckpt, sha, folder, tsplit) -> dict:
     seed_everything(int(cfg["seed"]))
     student = build_segmenter(cfg["model"], init_ls.num_classes)
     student.load_state_dict(init_model.state_dict())
     student = _sync_bn(student, cfg, device)
-    method_obj = method_class("self-train", cfg["method"])(cfg[cfg["method"]], student, init_ls.num_classes,
-                                                           prototypes=prototypes)
-    # methods that threshold pseudo-labels read each crop's confidence and the folder's statistics
-    needs_conf = bool(getattr(method_obj, "needs_confidence", False))
-    if hasattr(method_obj, "attach_pseudo_labels"):
-        method_obj.attach_pseudo_labels(Path(pseudo_labels))
-    target_items = pseudo_label_items(tgt.items(tsplit), pseudo_labels, with_confidence=needs_conf)
+    method_obj = method_class("self-train", cfg["method"])(cfg[cfg["method"]], student, init_ls.num_classes)
+    method_obj.use_pseudo_labels(folder)  # what the method takes from the folder (prototypes, statistics)
+    # methods that threshold pseudo-labels read each crop's confidence next to its pseudo-label
+    target_items = folder.items(tgt.items(tsplit), with_confidence=method_obj.needs_confidence)
     trainer = Trainer(cfg=cfg, method=method_obj, label_space=src.label_space,
                       source_items=src.items(), target_items=target_items,
                       out=out, device=device, resume_ckpt=resume_ckpt,
                       source_counts=src.class_counts(cfg), source_label_lut=src.lut,
                       extra_ckpt={"init_checkpoint": str(Path(ckpt).resolve()), "init_checkpoint_sha256": sha,
-                                  "pseudo_labels": str(Path(pseudo_labels).resolve())},
+                                  "pseudo_labels": str(folder.root.resolve())},
                       config_docs=config_sections(cfg, "self-train"))
     return trainer.fit()

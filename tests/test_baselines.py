@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from segadapt import config as C
-from segadapt.data.datasets import TrainCrops, pseudo_label_items
+from segadapt.data.datasets import TrainCrops
 from segadapt.data.io import read_label, write_png
 from segadapt.data.labelspace import IGNORE
 from segadapt.data.prepared import PreparedDataset
+from segadapt.data.pseudo_labels import PseudoLabelFolder
 from segadapt.engine import pseudo_label as PL
 from segadapt.engine.inference import Protocol
 from segadapt.errors import DataError, UsageError
-from segadapt.methods import METHODS, method_class
+from segadapt.methods import method_class
 from segadapt.methods.common import weighted_seg_ce
 from segadapt.methods.dacs import (DacsSelfTrain, DacsWarmup, class_mix, confidence_weight, mixed_pixel_weight,
                                    teacher_pseudo_labels)
@@ -140,9 +141,9 @@ def test_confidence_crop_stays_aligned_with_the_label_crop(tmp_path):
     write_png(tmp_path / "img" / "a.png", image)
     write_png(tmp_path / "labels" / "a.png", label, False)
     write_png(tmp_path / "confidence" / "a.png", code, False)
-    items = pseudo_label_items([("a", tmp_path / "img" / "a.png", None)], tmp_path, with_confidence=True)
+    items = PseudoLabelFolder(tmp_path).items([("a", tmp_path / "img" / "a.png", None)], with_confidence=True)
     assert items[0][3] == tmp_path / "confidence" / "a.png"
-    plain = TrainCrops(pseudo_label_items([("a", tmp_path / "img" / "a.png", None)], tmp_path), (32, 48),
+    plain = TrainCrops(PseudoLabelFolder(tmp_path).items([("a", tmp_path / "img" / "a.png", None)]), (32, 48),
                        scale=(0.5, 1.6), flip=True)
     ds = TrainCrops(items, (32, 48), scale=(0.5, 1.6), flip=True)
     flips = set()
@@ -162,8 +163,8 @@ def test_confidence_crop_stays_aligned_with_the_label_crop(tmp_path):
 
 def test_pseudo_label_histogram_survives_a_kill_exactly(pl_folders):
     full, part, ds = pl_folders
-    h_full = PL.load_confidence_histogram(full)
-    h_part = PL.load_confidence_histogram(part)
+    h_full = PseudoLabelFolder(full).histogram()
+    h_part = PseudoLabelFolder(part).histogram()
     assert h_full.shape == (ds.label_space.num_classes, PL.CONF_BINS)
     assert np.array_equal(h_full, h_part)  # resumed after 3 images + a torn record: identical counts
     assert h_full.sum() == 8 * 48 * 96
@@ -188,9 +189,9 @@ def test_a_folder_from_before_the_histogram_is_refused(pl_folders, tmp_path):
     (old / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(DataError, match="confidence_bins"):
         PL.generate(man["checkpoint"], ds, "train", old, Protocol(scales=[1.0]), "student", torch.device("cpu"))
-    (old / PL.HIST_FILE).unlink()
+    PseudoLabelFolder(old).histogram_path.unlink()
     with pytest.raises(DataError, match="re-run pseudo-label"):
-        PL.load_confidence_histogram(old)
+        PseudoLabelFolder(old).histogram()
 
 
 # -- training steps on a fixed tiny batch ------------------------------------------------------------
@@ -272,18 +273,18 @@ def test_threshold_class_balanced_needs_and_uses_the_histogram(pl_folders):
     with pytest.raises(DataError, match="pseudo-label folder"):
         m.training_step(_batch(with_conf=True), 0)
     m = ThresholdSelfTrain({"portion": 0.5}, _model(), ds.label_space.num_classes)
-    m.attach_pseudo_labels(full)
-    assert torch.equal(m.thresholds, class_balanced_thresholds(PL.load_confidence_histogram(full), 0.5))
-    state = m.extra_state()
+    m.use_pseudo_labels(PseudoLabelFolder(full))
+    assert torch.equal(m.thresholds, class_balanced_thresholds(PseudoLabelFolder(full).histogram(), 0.5))
+    state = m.modules()["method_state"].state_dict()
     m2 = ThresholdSelfTrain({}, _model(), ds.label_space.num_classes)
-    m2.load_extra_state(state)
+    m2.modules()["method_state"].load_state_dict(state)
     assert torch.equal(m2.thresholds, m.thresholds)
     with pytest.raises(DataError, match="confidence maps"):
         ThresholdSelfTrain({"mode": "fixed"}, _model(), C3).training_step(_batch(), 0)
 
 
 def test_oracle_is_source_only_under_its_own_name():
-    assert METHODS["warmup"]["oracle"].name == "oracle" and issubclass(METHODS["warmup"]["oracle"], SourceOnly)
+    assert method_class("warmup", "oracle").name == "oracle" and issubclass(method_class("warmup", "oracle"), SourceOnly)
     b = _batch()
     a, _ = method_class("warmup", "oracle")({}, _model(), C3).training_step(b, 0)
     s, _ = SourceOnly({}, _model(), C3).training_step(b, 0)
@@ -327,7 +328,7 @@ def pl_folders(tiny_bench, tmp_path_factory):
     proto = Protocol(scales=[1.0])
     PL.generate(d / "run" / "last.pt", ds, "train", d / "full", proto, "student", torch.device("cpu"))
     PL.generate(d / "run" / "last.pt", ds, "train", d / "part", proto, "student", torch.device("cpu"), limit=3)
-    with open(PL.log_path(d / "part"), "ab") as f:
+    with open(PseudoLabelFolder(d / "part").log_path(), "ab") as f:
         f.write(b"\x01\x02torn")  # killed in the middle of the 4th record
     PL.generate(d / "run" / "last.pt", ds, "train", d / "part", proto, "student", torch.device("cpu"))
     return d / "full", d / "part", ds
@@ -343,7 +344,7 @@ def test_class_balanced_self_train_through_the_pipeline(tiny_bench, pl_folders, 
     from segadapt.engine.checkpoint import load_checkpoint
 
     state = load_checkpoint(tmp_path / "thr" / "last.pt")["method_state"]
-    assert torch.equal(state["thresholds"], class_balanced_thresholds(PL.load_confidence_histogram(full), 0.5))
+    assert torch.equal(state["thresholds"], class_balanced_thresholds(PseudoLabelFolder(full).histogram(), 0.5))
 
 
 def test_dacs_warmup_and_oracle_through_the_pipeline(tiny_bench, tmp_path):

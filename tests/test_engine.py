@@ -10,6 +10,7 @@ import torch
 
 from segadapt.data.io import read_label, write_png
 from segadapt.data.prepared import PreparedDataset
+from segadapt.data.pseudo_labels import PseudoLabelFolder
 from segadapt.data.sampling import IterationBatchSampler
 from segadapt.engine import pseudo_label as PL
 from segadapt.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -63,9 +64,9 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tiny_bench, tmp_path, m
     assert len(ref) == 6
 
     # interrupt the same run at iteration 4 (Ctrl-C): it saves its state and stops with an error
-    from segadapt.methods import METHODS
+    from segadapt.methods import method_class
 
-    cls = METHODS["warmup"][method]
+    cls = method_class("warmup", method)
     original = cls.training_step
 
     def interrupted(self, batch, iteration):
@@ -108,7 +109,7 @@ def test_pseudo_labels_skip_finished_images_and_refuse_other_checkpoints(tiny_be
     # a killed run: only 3 images finished (their records are in the log), one torn record at the end
     part = tmp_path / "pl_part"
     PL.generate(run / "last.pt", ds, "train", part, proto, "student", torch.device("cpu"), limit=3)
-    with open(PL.log_path(part), "ab") as f:
+    with open(PseudoLabelFolder(part).log_path(), "ab") as f:
         f.write(b"\x01\x02torn")
     done = {p.name: p.stat().st_mtime_ns for p in (part / "labels").glob("*.png")}
     assert len(done) == 3

@@ -28,7 +28,7 @@ def _model(spec, num_classes=5, seed=0):
 
 
 def test_registry():
-    assert set(ARCHS) == {"deeplabv2", "deeplabv3plus", "segformer"}
+    assert set(ARCHS.names()) == {"deeplabv2", "deeplabv3plus", "segformer"}
 
 
 @pytest.mark.parametrize("spec,feat_dim", [

@@ -10,7 +10,7 @@ import torch
 
 from segadapt.data.labelspace import IGNORE
 from segadapt.errors import UsageError
-from segadapt.methods import METHODS
+from segadapt.methods import method_class
 from segadapt.methods import plca as P
 from segadapt.methods.lovasz import lovasz_grad, lovasz_softmax
 from segadapt.models.segmenter import build_segmenter
@@ -296,7 +296,7 @@ def fixed_batch(b=2, size=32):
 def test_training_steps_reduce_the_loss():
     torch.manual_seed(0)
     model = build_segmenter({"arch": "deeplabv2", "backbone": "tiny", "feat_dim": 16, "pretrained": None}, 3)
-    method = METHODS["warmup"]["plca"]({"max_pixels": 12, "chunk": 5}, model, 3)
+    method = method_class("warmup", "plca")({"max_pixels": 12, "chunk": 5}, model, 3)
     assert method.target_batches == "target"
     method.train()
     groups = model.param_groups()  # the engine's way: the head learns 10x faster
@@ -316,7 +316,7 @@ def test_training_steps_reduce_the_loss():
     assert logs["loss_assoc_feat"] > 0 and 0 < logs["cycles_feat"] <= 1
     assert losses[-1] < 0.8 * losses[0], losses
     # every term off but the cross-entropy: the loss is the plain source CE
-    off = METHODS["warmup"]["plca"]({"lovasz_weight": 0, "assoc_weight": 0, "reg_weight": 0}, model, 3)
+    off = method_class("warmup", "plca")({"lovasz_weight": 0, "assoc_weight": 0, "reg_weight": 0}, model, 3)
     model.eval()
     loss, logs = off.training_step(batch, 0)
     assert set(logs) == {"loss_ce"} and loss.item() == logs["loss_ce"]
@@ -324,7 +324,7 @@ def test_training_steps_reduce_the_loss():
 
 def test_bad_settings_are_usage_errors():
     model = build_segmenter({"arch": "deeplabv2", "backbone": "tiny", "feat_dim": 16, "pretrained": None}, 3)
-    cls = METHODS["warmup"]["plca"]
+    cls = method_class("warmup", "plca")
     for bad, msg in [({"spatial_agg_alpha": 1.5}, "spatial_agg_alpha"), ({"temperature": 0}, "temperature"),
                      ({"levels": ["feat", "logits"]}, "levels"), ({"levels": "feat"}, "levels"),
                      ({"max_pixels": 2.5}, "max_pixels"), ({"chunk": -1}, "chunk"),

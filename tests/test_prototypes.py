@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from segadapt.data.labelspace import IGNORE
 from segadapt.data.prepared import PreparedDataset
+from segadapt.data.pseudo_labels import PseudoLabelFolder
 from segadapt.engine import pseudo_label as PL
 from segadapt.engine.checkpoint import save_checkpoint
 from segadapt.engine.inference import Protocol
@@ -102,17 +103,17 @@ def test_accumulator_mean_of_image_means_across_rank_logs_and_a_torn_record(tmp_
     out = tmp_path / "pl"
     out.mkdir()
     for rank, (_id, s, n) in enumerate((("A", a_sums, a_n), ("B", b_sums, b_n))):  # one log per rank
-        acc = PL.Accumulator(PL.log_path(out, rank), 3, 2)
+        acc = PL.Accumulator(PseudoLabelFolder(out).log_path(rank), 3, 2)
         with open(acc.path, "ab") as f:
             acc.append(_id, np.array([100, 50, 0]), n.numpy(), s.numpy(), hist, f)
-    with open(PL.log_path(out), "ab") as f:
+    with open(PseudoLabelFolder(out).log_path(), "ab") as f:
         f.write(b"\x01\x02torn")  # killed in the middle of a record
-    acc = PL.Accumulator(PL.log_path(out), 3, 2)
-    acc.load(PL.all_logs(out))
+    acc = PL.Accumulator(PseudoLabelFolder(out).log_path(), 3, 2)
+    acc.load(PseudoLabelFolder(out).all_logs())
     assert acc.done == {"A", "B"} and acc.images.tolist() == [2, 1, 0]
     assert acc.prototypes().tolist() == [[2.5, 5.0], [3.0, 3.0], [0.0, 0.0]]
     assert acc.counts.tolist() == [200, 100, 0]  # label-resolution counts, summed over images
-    assert PL.log_path(out).stat().st_size == acc.record  # the torn tail was cut
+    assert PseudoLabelFolder(out).log_path().stat().st_size == acc.record  # the torn tail was cut
 
 
 def test_old_format_folder_is_refused_with_the_fix(two_image_folder, tmp_path):
@@ -124,7 +125,7 @@ def test_old_format_folder_is_refused_with_the_fix(two_image_folder, tmp_path):
     manifest = json.loads((old / "manifest.json").read_text())
     (old / "manifest.json").write_text(json.dumps({**manifest, "version": 1}))
     with pytest.raises(DataError, match=r"older segadapt.*pseudo-label --force") as e:
-        PL.load_pseudo_labels(old, ds, "train")
+        PseudoLabelFolder.open(old, ds, "train")
     assert "\n" not in str(e.value)
     with pytest.raises(DataError, match=r"older segadapt.*pseudo-label --force"):  # resuming into it
         PL.generate(d / "model.pt", ds, "train", old, Protocol(scales=[1.0, 0.5]), "student", CPU, limit=2)
@@ -174,13 +175,16 @@ class _PoolTeacher(torch.nn.Module):
         return {"logits": logits, "feat": feat}
 
 
-def test_self_train_updates_prototypes_from_target_then_the_cdmix_view(monkeypatch):
+def test_self_train_updates_prototypes_from_target_then_the_cdmix_view(monkeypatch, tmp_path):
     torch.manual_seed(0)
     m_, k = 0.5, 5
     student = build_segmenter({"arch": "deeplabv2", "backbone": "tiny", "feat_dim": 8, "pretrained": None}, 2)
     p0 = torch.tensor([[0.2, 0.2, 0.2], [0.8, 0.8, 0.8]])
     method = DigaSelfTrain({"selection": "none", "translator": "none", "skd_weight": 0.0, "proto_momentum": m_,
-                            "proto_min_pixels": k}, student, 2, prototypes=p0)
+                            "proto_min_pixels": k}, student, 2)
+    folder = PseudoLabelFolder(tmp_path)
+    folder.write_prototypes({"prototypes": p0})  # the folder's prototypes.pt, as pseudo-label writes it
+    method.use_pseudo_labels(folder)
     method.teacher = _PoolTeacher()
     up = lambda t: t.repeat_interleave(8, -1).repeat_interleave(8, -2)  # noqa: E731  4x4 -> 32x32
     g = torch.Generator().manual_seed(1)

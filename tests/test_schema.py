@@ -12,12 +12,12 @@ from segadapt import config as C
 from segadapt import schema
 from segadapt.engine.run_config import ENGINE_SECTIONS
 from segadapt.errors import UsageError
-from segadapt.methods import METHODS
+from segadapt.methods import STAGES
 from segadapt.pipeline import config_sections, resolve_train_config
 from segadapt.translation.train import resolve_translator_config
 from conftest import TINY_OVERRIDES
 
-ALL_METHODS = sorted({(stage, name) for stage, names in METHODS.items() for name in names})
+ALL_METHODS = sorted({(stage, name) for stage, reg in STAGES.items() for name in reg.names()})
 
 
 def _typo(word: str) -> str:

@@ -10,7 +10,7 @@ from segadapt.data.labelspace import IGNORE
 from segadapt.engine.optim import build_optimizer
 from segadapt.schema import parse
 from segadapt.errors import DataError, UsageError
-from segadapt.methods import METHODS
+from segadapt.methods import method_class
 from segadapt.methods.t2s import (T2S, class_weights, ema_rows, info_nce, largest_remainder, T2SConfig,
                                   sample_negatives, sample_queries, source_prototypes, target_class_stats)
 from segadapt.models.segmenter import build_segmenter
@@ -201,7 +201,7 @@ def test_projector_is_checkpointed_and_optimised_at_head_lr():
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs["projector"] == lrs["head"] == pytest.approx(1e-2)
     assert not any(p.requires_grad for p in method.teacher_projector.parameters())
-    assert METHODS["self-train"]["t2s"] is T2S
+    assert method_class("self-train", "t2s") is T2S
 
 
 def test_self_train_resumes_exactly_with_the_projector(tiny_bench, tmp_path, monkeypatch):

@@ -7,7 +7,6 @@ jitter mean-subtracted BGR tensors). Labels are int64 trainIds with 255 = ignore
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,6 +15,7 @@ from torch.utils.data import Dataset
 
 from segadapt.data.io import read_image, read_label
 from segadapt.data.labelspace import IGNORE
+from segadapt.data.pseudo_labels import CONF_SCALE, stored_confidence
 from segadapt.errors import DataError
 
 
@@ -30,7 +30,8 @@ class TrainCrops(Dataset):
     """Random-scale, random-crop, random-flip crops of (image, label) pairs.
 
     ``items``: list of (id, image_path, label_path or None), or (id, image_path, label_path,
-    confidence_path) for pseudo-labels with their confidence map (uint16 PNG, conf * 65535): the
+    confidence_path) for pseudo-labels with their confidence map (uint16 PNG, see
+    :mod:`segadapt.data.pseudo_labels`, whose ``PseudoLabelFolder.items`` makes these items): the
     confidence then goes through the same resize / crop / flip as the label and the sample carries it
     as ``confidence`` (float32 in [0, 1], 0 on padding). Indexed by (index, seed) pairs from
     :class:`segadapt.data.sampling.IterationBatchSampler`, so augmentation is reproducible.
@@ -73,7 +74,8 @@ class TrainCrops(Dataset):
             return None
         conf = read_label(self.items[idx][3])
         if conf.dtype != np.uint16:
-            raise DataError(f"confidence map {self.items[idx][3]} is {conf.dtype}; expected uint16 (conf * 65535)")
+            raise DataError(f"confidence map {self.items[idx][3]} is {conf.dtype}; "
+                            f"expected uint16 (conf * {CONF_SCALE})")
         if conf.shape[:2] != tuple(shape):  # nearest: stored values stay exact, as for the label
             conf = cv2.resize(conf, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
         return conf
@@ -104,8 +106,8 @@ class TrainCrops(Dataset):
         out = {"image": to_tensor(image), "label": torch.from_numpy(np.ascontiguousarray(label)).long(),
                "index": idx}
         if extra:
-            # float32(u16) / float32(65535): thresholds built the same way compare exactly
-            out["confidence"] = torch.from_numpy(np.ascontiguousarray(extra[0]).astype(np.float32) / np.float32(65535))
+            # thresholds built with the same expression compare exactly
+            out["confidence"] = torch.from_numpy(stored_confidence(np.ascontiguousarray(extra[0])))
         return out
 
 
@@ -145,16 +147,3 @@ class InferenceImages(Dataset):
         if lab_path is not None:
             out["label"] = torch.from_numpy(read_label(lab_path).astype(np.int64))
         return out
-
-
-def pseudo_label_items(items, pl_root: Path, with_confidence: bool = False):
-    """Replace the label of each target item by its pseudo-label file; ``with_confidence`` adds the
-    item's confidence map as a 4th entry (for methods that threshold pseudo-labels)."""
-    out = []
-    for _id, img_path, _lab in items:
-        p = Path(pl_root) / "labels" / f"{_id}.png"
-        if with_confidence:
-            out.append((_id, img_path, p, Path(pl_root) / "confidence" / f"{_id}.png"))
-        else:
-            out.append((_id, img_path, p))
-    return out

@@ -43,9 +43,9 @@ import torch.nn.functional as F
 
 from segadapt.console import log, progress
 from segadapt.data.io import read_image, read_json, read_label, write_json, write_png
+from segadapt.data.pseudo_labels import quantize_confidence
 from segadapt.engine.checkpoint import RunLock, file_sha256
 from segadapt.engine.inference import Protocol, infer, load_model
-from segadapt.engine.pseudo_label import CONF_SCALE
 from segadapt.errors import DataError, UsageError
 from segadapt.viz.overlay import alpha_weight, overlay
 
@@ -447,7 +447,7 @@ def _run(model, ls, sources, out, manifest, protocol, device, amp, size, batch_s
             logits = F.interpolate(logits, size=hw, mode="bilinear", align_corners=False)
         if confidence:
             prob, pred = logits.softmax(1).max(1)
-            conf = (prob * CONF_SCALE).round().to(torch.int32).cpu().numpy().astype(np.uint16)
+            conf = quantize_confidence(prob).cpu().numpy().astype(np.uint16)  # as pseudo-labels store it
         else:
             pred, conf = logits.argmax(1), None
         pred = pred.to(torch.uint8)

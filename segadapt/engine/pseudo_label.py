@@ -1,13 +1,12 @@
 """Offline pseudo-labels: argmax of the (multi-scale) model on every target image, a confidence map,
-and class prototypes as DiGA's ``calc_centroids.py`` makes them (see ``Accumulator``).
+and class prototypes as DiGA's ``calc_centroids.py`` makes them (see ``Accumulator``). The folder's
+layout and formats belong to :class:`segadapt.data.pseudo_labels.PseudoLabelFolder`; this module runs the
+model and writes through it.
 
-Folder contract:  labels/<id>.png (uint8, 255 = ignored), confidence/<id>.png (uint16, conf * 65535),
-prototypes.pt, confidence_hist.npy, manifest.json. Memory does not grow with the number of images:
-labels go to disk as they are made, prototype totals and the per-class confidence histogram
-(``confidence_hist.npy``: int64 (classes, CONF_BINS), pixels predicted as class c whose stored
-confidence falls in bin b; class-balanced thresholds are read from it) are fixed-size. A kill loses
-nothing finished: each image's prototype and histogram contribution is appended to the log
-(``ACC_LOG``) only after its files are written, and a re-run skips every image recorded there. A folder
+Memory does not grow with the number of images: labels go to disk as they are made, prototype totals and
+the per-class confidence histogram (class-balanced thresholds are read from it) are fixed-size. A kill
+loses nothing finished: each image's prototype and histogram contribution is appended to the log
+(``accumulator-v2.bin``) only after its files are written, and a re-run skips every image recorded there. A folder
 made by another checkpoint or protocol, or by an older segadapt (``FORMAT_VERSION``), is refused unless
 forced.
 """
@@ -15,7 +14,6 @@ forced.
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,42 +25,17 @@ from torch.utils.data import DataLoader
 
 from segadapt.console import log, progress
 from segadapt.data.datasets import InferenceImages
-from segadapt.data.io import read_json, write_json, write_png
+from segadapt.data.io import write_png
+from segadapt.data.pseudo_labels import (CONF_BINS, FORMAT_VERSION, MANIFEST_FORMAT, PseudoLabelFolder,
+                                         confidence_histogram, quantize_confidence)
 from segadapt.engine import distributed as D
 from segadapt.engine.checkpoint import RunLock, file_sha256
 from segadapt.engine.inference import Protocol, infer, load_model
 from segadapt.errors import DataError, SegadaptError
 
-MANIFEST_FORMAT = "segadapt-pseudo-labels"
-#: 2: prototypes are the mean over images of per-image class means at feature resolution (DiGA's centroid
-#: script), and the log's records carry feature-resolution counts. Version 1 divided feature sums by
-#: label-resolution counts (prototypes ~(H/h)(W/w) times too small); its folders are refused.
-FORMAT_VERSION = 2
-#: the per-image log; its name carries the record layout, so a log of another layout is never misread
-ACC_LOG = "accumulator-v2.bin"
 #: DiGA's calc_centroids skips a class with fewer feature pixels than this in an image
 PROTO_MIN_PIXELS = 5
 _ID_BYTES = 256
-#: bins of the per-class confidence histogram over [0, 1]: class-balanced thresholds are exact to 1/CONF_BINS
-CONF_BINS = 1000
-CONF_SCALE = 65535  # confidence/<id>.png stores round(conf * CONF_SCALE) as uint16
-HIST_FILE = "confidence_hist.npy"
-
-
-def confidence_bins(conf_u16: torch.Tensor, bins: int = CONF_BINS) -> torch.Tensor:
-    """Bin of each stored (uint16) confidence: floor(conf * bins), conf = 1 in the last bin. Integer
-    arithmetic on the stored value, so training can compare against a bin edge without rounding doubt."""
-    return (conf_u16.long() * bins // CONF_SCALE).clamp_(max=bins - 1)
-
-
-def confidence_histogram(label: torch.Tensor, conf_u16: torch.Tensor, num_classes: int,
-                         bins: int = CONF_BINS) -> torch.Tensor:
-    """(num_classes, bins) int64: pixels with label c and stored confidence in bin b (ignored pixels skipped)."""
-    lab = label.reshape(-1).long()
-    b = confidence_bins(conf_u16.reshape(-1), bins)
-    keep = lab < num_classes
-    flat = torch.bincount(lab[keep] * bins + b[keep], minlength=num_classes * bins)
-    return flat.view(num_classes, bins)
 
 
 def class_feature_sums(feat: torch.Tensor, label: torch.Tensor, num_classes: int, dtype=torch.float64):
@@ -86,17 +59,6 @@ def image_class_stats(feat: torch.Tensor, pred: torch.Tensor, num_classes: int):
     >= num_classes skipped) -> per-class feature sums (C, D) float64 and pixel counts (C,) int64."""
     sums, counts = class_feature_sums(feat[None], pred[None], num_classes, torch.float64)
     return sums[0], counts[0]
-
-
-def log_path(out: Path, rank: int = 0) -> Path:
-    """Rank 0 appends to ``ACC_LOG``, rank r > 0 to ``accumulator-v2.<r>.bin``."""
-    stem, ext = ACC_LOG.rsplit(".", 1)
-    return Path(out) / (ACC_LOG if rank == 0 else f"{stem}.{rank}.{ext}")
-
-
-def all_logs(out: Path) -> list[Path]:
-    stem, ext = ACC_LOG.rsplit(".", 1)
-    return sorted(Path(out).glob(f"{stem}*.{ext}"))
 
 
 class Accumulator:
@@ -129,7 +91,7 @@ class Accumulator:
 
     def load(self, paths=None) -> None:
         """Add the records of ``paths`` (default: this log). A multi-process run keeps one log per rank
-        (``log_path``); any run, of any process count, reads them all."""
+        (``PseudoLabelFolder.log_path``); any run, of any process count, reads them all."""
         for path in (paths if paths is not None else [self.path]):
             if not path.exists():
                 continue
@@ -183,36 +145,6 @@ class Accumulator:
         return torch.from_numpy(self.mean_sums / np.maximum(self.images, 1)[:, None]).float()
 
 
-def _refuse_old_version(folder: Path, version) -> DataError:
-    return DataError(f"{folder} was made by an older segadapt (pseudo-label format {version}, now "
-                     f"{FORMAT_VERSION}: prototypes are computed differently); re-run `segadapt pseudo-label --force` "
-                     "into it to replace it")
-
-
-def _check_existing(out: Path, manifest: dict, force: bool) -> None:
-    path = out / "manifest.json"
-    if not path.exists():
-        if any(out.glob("labels/*.png")) and not force:
-            raise DataError(f"{out} holds pseudo-labels without a manifest; use --force to replace them")
-        return
-    old = read_json(path)
-    # version, confidence_bins: the accumulator's record layout and what the prototypes mean
-    fields = ("version", "checkpoint_sha256", "weights", "protocol", "data", "split", "confidence_bins")
-    diff = [k for k in fields if old.get(k) != manifest.get(k)]
-    if "version" in diff and not force:
-        raise _refuse_old_version(out, old.get("version"))
-    if diff and not force:
-        what = "checkpoint" if "checkpoint_sha256" in diff else ", ".join(diff)
-        raise DataError(f"{out} was made with another {what}; use another --out or --force to replace it")
-    if diff:
-        for sub in ("labels", "confidence"):
-            shutil.rmtree(out / sub, ignore_errors=True)
-        for f in ("prototypes.pt", HIST_FILE, "manifest.json"):
-            (out / f).unlink(missing_ok=True)
-        for f in out.glob("accumulator*.bin"):  # every layout's logs, this one's and older ones
-            f.unlink()
-
-
 def generate(ckpt_path: Path, dataset, split: str, out: Path, protocol: Protocol, weights: str, device,
              force: bool = False, workers: int = 0, amp=None, limit: int | None = None, size=None) -> dict:
     """``size`` (W, H): run the model on images resized to it (DiGA: Cityscapes at 1024x512); labels and
@@ -231,14 +163,13 @@ def generate(ckpt_path: Path, dataset, split: str, out: Path, protocol: Protocol
         "num_images": len(items), "confidence_bins": CONF_BINS, "prototype_min_pixels": PROTO_MIN_PIXELS,
     }
     rank = D.info()
+    folder = PseudoLabelFolder(out)
     problem = None
     if rank.is_main:  # rank 0 checks (and with --force clears) the folder while the others wait
         try:
             out.mkdir(parents=True, exist_ok=True)
             RunLock(out).acquire()
-            _check_existing(out, manifest, force)
-            (out / "labels").mkdir(exist_ok=True)
-            (out / "confidence").mkdir(exist_ok=True)
+            folder.prepare(manifest, force)
         except SegadaptError as e:
             problem = e
     problem = D.broadcast_object(problem)
@@ -246,22 +177,22 @@ def generate(ckpt_path: Path, dataset, split: str, out: Path, protocol: Protocol
         raise problem
 
     try:
-        return _generate(model, label_space, items, out, manifest, protocol, device, workers, amp, size, rank)
+        return _generate(model, label_space, items, folder, manifest, protocol, device, workers, amp, size, rank)
     finally:
         RunLock.release_folder(out)
 
 
-def _generate(model, label_space, items, out, manifest, protocol, device, workers, amp, size, rank) -> dict:
+def _generate(model, label_space, items, folder, manifest, protocol, device, workers, amp, size, rank) -> dict:
     c = label_space.num_classes
     feat_dim = int(model.spec["feat_dim"])
-    my_log = log_path(out, rank.rank)
+    my_log = folder.log_path(rank.rank)
     acc = Accumulator(my_log, c, feat_dim)
     # rank 0 alone reads the logs (and trims a record cut by a kill) and sends every rank the same list
     # of finished images, so all shares come from one view of the folder: on a network file system
     # another node may briefly still list the files rank 0 has just cleared (--force). The others wait
     # in the broadcast, so nothing is appended before rank 0 has read.
     if rank.is_main:
-        acc.load(all_logs(out))
+        acc.load(folder.all_logs())
     done = D.broadcast_object(acc.done)
     todo = [it for it in items if it[0] not in done]
     if done:
@@ -292,12 +223,12 @@ def _generate(model, label_space, items, out, manifest, protocol, device, worker
             counts = torch.bincount(label.reshape(-1), minlength=c)
             _id = batch["id"][0]
             lab_np = label[0].to(torch.uint8).cpu().numpy()
-            conf_q = (conf[0] * CONF_SCALE).round().to(torch.int32)
+            conf_q = quantize_confidence(conf[0])
             # histogram of the values as stored, so thresholds derived from it match the files exactly
             hist = confidence_histogram(label[0], conf_q, c)
             conf_np = conf_q.cpu().numpy().astype(np.uint16)
-            futs = [pool.submit(write_png, out / "labels" / f"{_id}.png", lab_np, False),
-                    pool.submit(write_png, out / "confidence" / f"{_id}.png", conf_np, False)]
+            futs = [pool.submit(write_png, folder.label_path(_id), lab_np, False),
+                    pool.submit(write_png, folder.confidence_path(_id), conf_np, False)]
             stats = [t.cpu().numpy() for t in (counts, feat_counts, sums, hist)]
             pending.append((_id, futs, stats))
             # record an image only once its files are on disk; keep at most a few in flight
@@ -317,56 +248,17 @@ def _generate(model, label_space, items, out, manifest, protocol, device, worker
     D.barrier()  # every rank's images are on disk and logged; rank 0 sums all logs and writes the rest
     if not rank.is_main:
         return D.broadcast_object(None)  # rank 0's final manifest
-    acc = Accumulator(log_path(out), c, feat_dim)
-    acc.load(all_logs(out))
+    acc = Accumulator(folder.log_path(), c, feat_dim)
+    acc.load(folder.all_logs())
     # counts: label-resolution pixels per class; images: the images behind each prototype
-    torch.save({"prototypes": acc.prototypes(), "counts": torch.from_numpy(acc.counts.copy()),
-                "images": torch.from_numpy(acc.images.copy()), "min_pixels": acc.min_pixels,
-                "feat_dim": feat_dim, "label_space": label_space.name}, out / ".prototypes.pt.tmp")
-    os.replace(out / ".prototypes.pt.tmp", out / "prototypes.pt")
-    with open(out / f".{HIST_FILE}.tmp", "wb") as f:
-        np.save(f, acc.hist)
-    os.replace(out / f".{HIST_FILE}.tmp", out / HIST_FILE)
+    folder.write_prototypes({"prototypes": acc.prototypes(), "counts": torch.from_numpy(acc.counts.copy()),
+                             "images": torch.from_numpy(acc.images.copy()), "min_pixels": acc.min_pixels,
+                             "feat_dim": feat_dim, "label_space": label_space.name})
+    folder.write_histogram(acc.hist)
     manifest["class_pixels"] = {name: int(n) for name, n in zip(label_space.classes, acc.counts)}
     manifest["prototype_images"] = {name: int(n) for name, n in zip(label_space.classes, acc.images)}
     manifest["complete"] = len(acc.done) >= len(items)
     manifest["seconds"] = round(time.time() - t0, 3)
-    write_json(out / "manifest.json", manifest)
-    log(f"pseudo-labels for {len(items)} images in {out} ({len(todo)} computed now, {time.time() - t0:.1f}s)")
+    folder.write_manifest(manifest)
+    log(f"pseudo-labels for {len(items)} images in {folder.root} ({len(todo)} computed now, {time.time() - t0:.1f}s)")
     return D.broadcast_object(manifest)
-
-
-def load_pseudo_labels(pl_dir: Path, dataset, split: str) -> tuple[dict, torch.Tensor | None]:
-    """Validate a pseudo-label folder against the target data; returns (manifest, prototypes)."""
-    pl_dir = Path(pl_dir)
-    if not pl_dir.is_dir():
-        raise DataError(f"pseudo-label folder {pl_dir} does not exist")
-    manifest = read_json(pl_dir / "manifest.json")
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise DataError(f"{pl_dir} is not a segadapt pseudo-label folder")
-    if manifest.get("version") != FORMAT_VERSION:
-        raise _refuse_old_version(pl_dir, manifest.get("version"))
-    if not manifest.get("complete"):
-        raise DataError(f"pseudo-labels in {pl_dir} are incomplete; re-run pseudo-label to finish them")
-    missing = [i for i in dataset.ids(split) if not (pl_dir / "labels" / f"{i}.png").exists()]
-    if missing:
-        raise DataError(f"{len(missing)} target images have no pseudo-label in {pl_dir} (first: {missing[0]})")
-    protos = None
-    if (pl_dir / "prototypes.pt").exists():
-        protos = torch.load(pl_dir / "prototypes.pt", map_location="cpu", weights_only=True)["prototypes"]
-    return manifest, protos
-
-
-
-def load_confidence_histogram(pl_dir: Path) -> np.ndarray:
-    """The folder's per-class confidence histogram, int64 (classes, bins) (see the module docstring)."""
-    path = Path(pl_dir) / HIST_FILE
-    if not path.is_file():
-        raise DataError(f"{pl_dir} has no {HIST_FILE} (made by an older segadapt); re-run pseudo-label with --force")
-    try:
-        hist = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
-    if hist.ndim != 2 or hist.dtype.kind not in "iu":
-        raise DataError(f"{path} is not a (classes, bins) integer histogram")
-    return hist.astype(np.int64)

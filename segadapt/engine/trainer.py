@@ -29,6 +29,9 @@ from segadapt.engine.optim import build_optimizer, set_lr
 from segadapt.errors import DataError, SegadaptError, UsageError
 
 RUN_FILES = ("last.pt", "metrics.jsonl", "config.yaml")
+#: modules with a top-level checkpoint key of their own (the layout every segadapt checkpoint has had:
+#: inference reads "model"); any other module of a method is stored under "modules"
+TOP_LEVEL_MODULES = {"student": "model", "teacher": "teacher", "method_state": "method_state"}
 
 
 def prepare_run_dir(out: Path, resume: bool, force: bool) -> bool:
@@ -227,11 +230,11 @@ class Trainer(StageTrainer):
     # -- checkpointing -------------------------------------------------------------------------
     def _restore(self, ckpt: dict) -> None:
         for name, module in self.method.modules().items():
-            state = {"student": ckpt["model"], "teacher": ckpt.get("teacher")}.get(name, ckpt.get("modules", {}).get(name))
+            key = TOP_LEVEL_MODULES.get(name)
+            state = ckpt.get(key) if key is not None else ckpt.get("modules", {}).get(name)
             if state is None:
                 raise DataError(f"checkpoint lacks the '{name}' weights this method needs")
             module.load_state_dict(state)
-        self.method.load_extra_state(ckpt.get("method_state", {}))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -246,8 +249,8 @@ class Trainer(StageTrainer):
             "iteration": iteration,  # the next iteration to run
             "model": modules["student"].state_dict(),
             "teacher": modules["teacher"].state_dict() if "teacher" in modules else None,
-            "modules": {k: m.state_dict() for k, m in modules.items() if k not in ("student", "teacher")},
-            "method_state": self.method.extra_state(),
+            "modules": {k: m.state_dict() for k, m in modules.items() if k not in TOP_LEVEL_MODULES},
+            "method_state": modules["method_state"].state_dict() if "method_state" in modules else {},
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "rng": rng_state(),

@@ -1,22 +1,14 @@
-"""Methods, one module each, registered by stage and name."""
+"""Methods, one module each; each registers its classes with ``@register_method(stage, name)``
+(``segadapt.methods.base``), and importing this package imports them all."""
 
-from segadapt.errors import UsageError
-from segadapt.methods.dacs import DacsSelfTrain, DacsWarmup
-from segadapt.methods.diga import DigaSelfTrain, DigaWarmup
-from segadapt.methods.plca import PLCA
-from segadapt.methods.oracle import Oracle
-from segadapt.methods.source_only import SourceOnly
-from segadapt.methods.t2s import T2S
-from segadapt.methods.threshold import ThresholdSelfTrain
-
-METHODS = {
-    "warmup": {"source-only": SourceOnly, "diga": DigaWarmup, "plca": PLCA, "dacs": DacsWarmup, "oracle": Oracle},
-    "self-train": {"diga": DigaSelfTrain, "t2s": T2S, "dacs": DacsSelfTrain, "threshold": ThresholdSelfTrain},
-}
+from segadapt.methods import dacs, diga, oracle, plca, source_only, t2s, threshold  # noqa: F401  (they register)
+from segadapt.methods.base import SELF_TRAIN_METHODS, STAGES, WARMUP_METHODS, Method
 
 
-def method_class(stage: str, name: str):
-    known = METHODS.get(stage, {})
-    if name not in known:
-        raise UsageError(f"unknown {stage} method '{name}' (available: {', '.join(sorted(known))})")
-    return known[name]
+def method_class(stage: str, name: str) -> type[Method]:
+    """The method registered as ``name`` for ``stage`` ("warmup" or "self-train"); UsageError naming the
+    close matches and the available ones for an unknown name."""
+    return STAGES[stage].get(name)
+
+
+__all__ = ["SELF_TRAIN_METHODS", "STAGES", "WARMUP_METHODS", "method_class"]

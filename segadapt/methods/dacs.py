@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from segadapt.data.mixing import class_mix_mask, mix, photometric
 from segadapt.engine.ema import BN_MODES, DEFAULT_BN
-from segadapt.methods.base import Method
+from segadapt.methods.base import Method, register_method
 from segadapt.methods.common import MeanTeacher, seg_ce, weighted_seg_ce
 from segadapt.schema import setting
 
@@ -87,14 +87,13 @@ def mixed_pixel_weight(mask: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 # -- the method -------------------------------------------------------------------------------------
 
+@register_method("warmup", "dacs")
 class DacsWarmup(Method):
-    name = "dacs"
-    stage = "warmup"
     target_batches = "target"  # target images; their labels are never read
     config_class = DacsConfig
 
-    def __init__(self, cfg, student, num_classes, prototypes=None):
-        super().__init__(cfg, student, num_classes, prototypes)
+    def __init__(self, cfg, student, num_classes):
+        super().__init__(cfg, student, num_classes)
         # DACS's trainUDA.py: update right after step i_iter with alpha(i_iter) (offset 0); dropout off
         self.mean_teacher = MeanTeacher([student], self.cfg.ema_bn, False, self.cfg.ema_alpha, offset=0)
         self.teacher = self.mean_teacher.teachers[0]
@@ -134,8 +133,7 @@ class DacsWarmup(Method):
         return loss, {"loss_src": loss_src.item(), "loss_mix": loss_mix.item(), "conf_weight": float(q)}
 
 
+@register_method("self-train", "dacs")
 class DacsSelfTrain(DacsWarmup):
     """DACS continued from a checkpoint (e.g. after a warm-up). Ignores the offline pseudo-labels and the
     prototypes of the pseudo-label folder: its pseudo-labels come from the online EMA teacher."""
-
-    stage = "self-train"

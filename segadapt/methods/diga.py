@@ -23,7 +23,7 @@ from segadapt.data.labelspace import IGNORE
 from segadapt.data.mixing import FDA_WINDOWS, class_mix_mask, fda, mix, photometric
 from segadapt.engine.ema import BN_MODES, DEFAULT_BN
 from segadapt.errors import DataError, SegadaptError, UsageError
-from segadapt.methods.base import Method
+from segadapt.methods.base import Method, MethodState, register_method, state_buffer
 from segadapt.methods.common import MeanTeacher, class_feature_means, resize_label, seg_ce, soft_ce
 from segadapt.schema import setting
 
@@ -154,8 +154,8 @@ class _WithTeacher(Method):
     #: DiGA never puts its teacher in eval mode: with ``ema_bn: batch`` its dropout stays active
     teacher_dropout = True
 
-    def __init__(self, cfg, student, num_classes, prototypes=None):
-        super().__init__(cfg, student, num_classes, prototypes)
+    def __init__(self, cfg, student, num_classes):
+        super().__init__(cfg, student, num_classes)
         self.ema_bn = self.cfg.ema_bn
         self.mean_teacher = MeanTeacher([student], self.ema_bn, self.teacher_dropout, self.cfg.ema_alpha)
         self.teacher = self.mean_teacher.teachers[0]
@@ -186,9 +186,8 @@ class _WithTeacher(Method):
         return x_aug, x_cd
 
 
+@register_method("warmup", "diga")
 class DigaWarmup(_WithTeacher):
-    name = "diga"
-    stage = "warmup"
     config_class = DigaWarmupConfig
 
     @property
@@ -219,27 +218,28 @@ class DigaWarmup(_WithTeacher):
         return loss, logs
 
 
+@register_method("self-train", "diga")
 class DigaSelfTrain(_WithTeacher):
-    name = "diga"
-    stage = "self-train"
     config_class = DigaSelfTrainConfig
     target_batches = "pseudo"
+    prototypes = state_buffer()  # (C, D) float32, or None without the folder's prototypes.pt
 
-    def __init__(self, cfg, student, num_classes, prototypes: torch.Tensor | None = None):
-        super().__init__(cfg, student, num_classes, prototypes)
+    def __init__(self, cfg, student, num_classes):
+        super().__init__(cfg, student, num_classes)
+        # the class prototypes, from the pseudo-label folder (use_pseudo_labels), moved as training goes
+        self.state = MethodState(prototypes=None)
+        # a fixed confidence threshold needs each target crop's confidence map next to its pseudo-label
+        self.needs_confidence = self.cfg.selection == "threshold"
+
+    def use_pseudo_labels(self, folder):
+        prototypes = folder.prototypes()
         if self.cfg.selection == "dps" and prototypes is None:
             raise UsageError("DiGA self-training with dynamic pseudo-label selection needs the pseudo-label "
                              "folder's prototypes.pt")
         self.prototypes = prototypes.clone().float() if prototypes is not None else None
-        # a fixed confidence threshold needs each target crop's confidence map next to its pseudo-label
-        self.needs_confidence = self.cfg.selection == "threshold"
 
-    def extra_state(self):
-        return {"prototypes": self.prototypes}
-
-    def load_extra_state(self, state):
-        if state.get("prototypes") is not None:
-            self.prototypes = state["prototypes"].float()
+    def modules(self):
+        return {**super().modules(), "method_state": self.state}
 
     def training_step(self, batch, iteration):
         xs, ys = batch["source"]["image"], batch["source"]["label"]

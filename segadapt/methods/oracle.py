@@ -11,9 +11,10 @@ there the oracle's score is a reference, not a generalisation estimate).
 
 from __future__ import annotations
 
+from segadapt.methods.base import register_method
 from segadapt.methods.source_only import SourceOnly
 
 
+@register_method("warmup", "oracle")
 class Oracle(SourceOnly):
-    name = "oracle"
-    stage = "warmup"
+    """Source-only training on the target's labels, under its own name."""

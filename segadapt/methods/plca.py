@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from segadapt.data.labelspace import IGNORE
 from segadapt.errors import UsageError
-from segadapt.methods.base import Method
+from segadapt.methods.base import Method, register_method
 from segadapt.methods.common import resize_label, seg_ce
 from segadapt.methods.lovasz import lovasz_softmax
 from segadapt.schema import setting
@@ -218,9 +218,8 @@ def uniform_ce(logits: torch.Tensor, thres: float = 0.0) -> torch.Tensor:
 
 # -- the stage ------------------------------------------------------------------------------------
 
+@register_method("warmup", "plca")
 class PLCA(Method):
-    name = "plca"
-    stage = "warmup"
     target_batches = "target"
     config_class = PLCAConfig
 

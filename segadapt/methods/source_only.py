@@ -3,13 +3,12 @@ target oracle (pass the target's prepared folder as --source)."""
 
 from __future__ import annotations
 
-from segadapt.methods.base import Method
+from segadapt.methods.base import Method, register_method
 from segadapt.methods.common import seg_ce
 
 
+@register_method("warmup", "source-only")
 class SourceOnly(Method):
-    name = "source-only"
-    stage = "warmup"
 
     def training_step(self, batch, iteration):
         x, y = batch["source"]["image"], batch["source"]["label"]

@@ -57,7 +57,7 @@ from segadapt.data.labelspace import IGNORE
 from segadapt.data.mixing import FDA_WINDOWS, class_mix_mask, mix, photometric
 from segadapt.engine.ema import BN_MODES, DEFAULT_BN
 from segadapt.errors import UsageError
-from segadapt.methods.base import Method
+from segadapt.methods.base import Method, MethodState, register_method
 from segadapt.methods.common import MeanTeacher, class_feature_means, resize_label, weighted_seg_ce
 from segadapt.methods.diga import translate
 from segadapt.schema import setting
@@ -264,17 +264,16 @@ def target_class_stats(prob: torch.Tensor, num_classes: int):
 
 # -- the method -----------------------------------------------------------------------------------
 
+@register_method("self-train", "t2s")
 class T2S(Method):
-    name = "t2s"
-    stage = "self-train"
     teacher_dropout = False
     target_batches = "pseudo"
     config_class = T2SConfig
 
-    def __init__(self, cfg, student, num_classes, prototypes=None):
-        # ``prototypes`` (the pseudo-label folder's, in the model's feature space) are not used: T2S
-        # keeps its own source prototypes in the projection space.
-        super().__init__(cfg, student, num_classes, prototypes)
+    def __init__(self, cfg, student, num_classes):
+        # the pseudo-label folder's prototypes (in the model's feature space) are not used: T2S keeps its
+        # own source prototypes in the projection space
+        super().__init__(cfg, student, num_classes)
         feat_dim = int(student.spec.get("feat_dim", 0)) if hasattr(student, "spec") else 0
         if feat_dim <= 0:
             with torch.no_grad():
@@ -288,15 +287,15 @@ class T2S(Method):
                                         self.cfg.ema_alpha)
         self.teacher, self.teacher_projector = self.mean_teacher.teachers
         c = num_classes
-        # online estimates (checkpointed through extra_state so a resumed run continues exactly)
+        # online estimates (buffers of the checkpointed "method_state" module, so a resumed run continues exactly)
         no = torch.zeros(c, dtype=torch.bool)
-        self.state = {"prototypes": torch.zeros(c, self.cfg.proj_dim), "proto_seen": no.clone(),
-                      "dist": torch.zeros(c), "dist_seen": no.clone(), "conf": torch.zeros(c), "conf_seen": no.clone()}
+        self.state = MethodState(prototypes=torch.zeros(c, self.cfg.proj_dim), proto_seen=no.clone(),
+                                 dist=torch.zeros(c), dist_seen=no.clone(), conf=torch.zeros(c), conf_seen=no.clone())
 
     # -- engine hooks ----------------------------------------------------------------------------
     def modules(self):
         return {"student": self.student, "teacher": self.teacher, "projector": self.projector,
-                "teacher_projector": self.teacher_projector}
+                "teacher_projector": self.teacher_projector, "method_state": self.state}
 
     def param_groups(self):
         # the projection head is new at this stage: it trains at the head learning rate (optim.py
@@ -306,14 +305,6 @@ class T2S(Method):
     def train(self):
         self.student.train()
         self.projector.train()
-
-    def extra_state(self):
-        return {k: v.detach().cpu().clone() for k, v in self.state.items()}
-
-    def load_extra_state(self, state):
-        for k in self.state:
-            if k in state and state[k] is not None:
-                self.state[k] = state[k].clone()
 
     def after_step(self, iteration):
         self.mean_teacher.update(iteration)

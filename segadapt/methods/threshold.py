@@ -21,17 +21,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from segadapt.console import log
 from segadapt.data.labelspace import IGNORE
 from segadapt.data.mixing import class_mix_mask, mix
-from segadapt.engine.pseudo_label import CONF_SCALE, load_confidence_histogram
+from segadapt.data.pseudo_labels import bin_floor
 from segadapt.errors import DataError
-from segadapt.methods.base import Method
+from segadapt.methods.base import Method, MethodState, register_method, state_buffer
 from segadapt.methods.common import seg_ce
 from segadapt.schema import setting
 
@@ -54,12 +52,6 @@ class ThresholdConfig:
 
 # -- the pieces as plain functions (tested one by one) ------------------------------------------
 
-def _on_stored_grid(u16: np.ndarray) -> np.ndarray:
-    """float32(u) / float32(65535): the same expression TrainCrops uses for the confidence crops, so a
-    threshold and a stored confidence of equal uint16 value compare equal."""
-    return u16.astype(np.float32) / np.float32(CONF_SCALE)
-
-
 def class_balanced_thresholds(hist: np.ndarray, portion: float) -> torch.Tensor:
     """Per-class thresholds (C,) float32 from a (C, bins) histogram of stored confidences per predicted
     class: the lower edge of the bin that holds the floor(portion * N_c)-th most confident pixel (snapped up
@@ -75,8 +67,7 @@ def class_balanced_thresholds(hist: np.ndarray, portion: float) -> torch.Tensor:
         if k[cls] == 0:
             continue
         b = int(np.nonzero(from_top[cls] >= k[cls])[0].max())  # highest bin with at least k pixels at or above it
-        u16 = -(-b * CONF_SCALE // bins)  # ceil: smallest stored value whose bin is b
-        out[cls] = _on_stored_grid(np.array([u16]))[0]
+        out[cls] = bin_floor(b, bins)  # as training reads the stored values: equal values compare equal
     return torch.from_numpy(out)
 
 
@@ -93,35 +84,33 @@ def threshold_pseudo_labels(label: torch.Tensor, conf: torch.Tensor, thresholds:
 
 # -- the method -------------------------------------------------------------------------------------
 
+@register_method("self-train", "threshold")
 class ThresholdSelfTrain(Method):
-    name = "threshold"
-    stage = "self-train"
     target_batches = "pseudo"
+    thresholds = state_buffer()  # (C,) float32; None until the folder's histogram gives class-balanced ones
     needs_confidence = True  # the engine must deliver each target crop's confidence next to its pseudo-label
     config_class = ThresholdConfig
 
-    def __init__(self, cfg, student, num_classes, prototypes=None):
-        super().__init__(cfg, student, num_classes, prototypes)
-        self.thresholds = fixed_thresholds(num_classes, self.cfg.threshold) if self.cfg.mode == "fixed" else None
+    def __init__(self, cfg, student, num_classes):
+        super().__init__(cfg, student, num_classes)
+        # checkpointed: a resumed run keeps the thresholds it started with
+        self.state = MethodState(thresholds=fixed_thresholds(num_classes, self.cfg.threshold)
+                                 if self.cfg.mode == "fixed" else None)
 
-    def attach_pseudo_labels(self, folder: Path) -> None:
-        """Called by the pipeline with the pseudo-label folder: class-balanced thresholds are computed
-        over its whole confidence histogram."""
+    def use_pseudo_labels(self, folder):
+        """Class-balanced thresholds are computed over the folder's whole confidence histogram."""
         if self.cfg.mode != "class_balanced":
             return
-        hist = load_confidence_histogram(folder)
+        hist = folder.histogram()
         if hist.shape[0] != self.num_classes:
-            raise DataError(f"{folder}: confidence histogram has {hist.shape[0]} classes, the model {self.num_classes}")
+            raise DataError(f"{folder.root}: confidence histogram has {hist.shape[0]} classes, the model "
+                            f"{self.num_classes}")
         self.thresholds = class_balanced_thresholds(hist, self.cfg.portion)
         shown = ", ".join("-" if not np.isfinite(t) else f"{t:.3f}" for t in self.thresholds.tolist())
         log(f"class-balanced thresholds (portion {self.cfg.portion}): {shown}")
 
-    def extra_state(self):
-        return {"thresholds": self.thresholds}
-
-    def load_extra_state(self, state):
-        if state.get("thresholds") is not None:  # a resumed run keeps the thresholds it started with
-            self.thresholds = state["thresholds"].float()
+    def modules(self):
+        return {**super().modules(), "method_state": self.state}
 
     def training_step(self, batch, iteration):
         xs, ys = batch["source"]["image"], batch["source"]["label"]
@@ -129,7 +118,7 @@ class ThresholdSelfTrain(Method):
         if "confidence" not in tgt:
             raise DataError("threshold self-training needs the pseudo-labels' confidence maps in the target batch")
         if self.thresholds is None:
-            raise DataError("class-balanced thresholds need the pseudo-label folder (attach_pseudo_labels)")
+            raise DataError("class-balanced thresholds need the pseudo-label folder (use_pseudo_labels)")
         xt, yt = tgt["image"], threshold_pseudo_labels(tgt["label"], tgt["confidence"], self.thresholds)
         kept = ((yt != IGNORE).sum() / (tgt["label"] != IGNORE).sum().clamp(min=1)).item()
         if self.cfg.class_mix:

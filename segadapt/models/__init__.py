@@ -8,8 +8,9 @@
     model.spec                # resolved spec incl. defaults and num_classes, for checkpoints
 
 h, w = ceil(H/8), ceil(W/8) for ``deeplabv2``; ceil(H/4), ceil(W/4) for ``deeplabv3plus`` and
-``segformer``. Architectures live in a small registry (``ARCHS``): one module each providing
-``KEYS``, ``resolve_spec(spec)`` and ``build(spec, num_classes)``:
+``segformer``. Architectures live in a registry (``ARCHS``, ``segadapt.models.base``): one module each,
+whose ``build(spec, num_classes)`` is registered with its ``KEYS`` and ``resolve_spec(spec)`` by one
+``@register_arch(name, ...)`` line:
 
 - ``deeplabv2``: dilated ResNet + a summed-ASPP head (ours, light) or ProDA/DiGA's head (``head: proda``)
   on their Caffe-style ResNet-101 (``backbone: resnet101_caffe``); see ``deeplabv2.py``, ``caffe_resnet.py``.
@@ -20,14 +21,12 @@ h, w = ceil(H/8), ceil(W/8) for ``deeplabv2``; ceil(H/4), ceil(W/4) for ``deepla
 from __future__ import annotations
 
 import json
-from types import ModuleType
 
 from torch import nn
 
 from segadapt.errors import UsageError
-from segadapt.models import deeplabv2, deeplabv3plus, segformer
-
-ARCHS: dict[str, ModuleType] = {"deeplabv2": deeplabv2, "deeplabv3plus": deeplabv3plus, "segformer": segformer}
+from segadapt.models import deeplabv2, deeplabv3plus, segformer  # noqa: F401  (each registers its arch)
+from segadapt.models.base import ARCHS
 
 # Keys that change the weights' layout; the rest (pretrained, freeze_bn, dropout, drop_path) only
 # change how a model is initialised or trained, so checkpoints stay interchangeable across them.
@@ -41,13 +40,11 @@ def resolve_spec(spec: dict | None, num_classes: int | None = None) -> dict:
     """
     spec = dict(spec or {})
     arch = spec.get("arch", "deeplabv2")
-    if arch not in ARCHS:
-        raise UsageError(f"unknown model arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    module = ARCHS[arch]
+    module = ARCHS.get(arch)
     for key in spec:
-        if key not in module.KEYS and key != "num_classes":
+        if key not in module.keys and key != "num_classes":
             raise UsageError(f"unknown model spec key {key!r} for arch {arch!r}; "
-                             f"known keys: {', '.join(module.KEYS)}")
+                             f"known keys: {', '.join(module.keys)}")
     spec_classes = spec.pop("num_classes", None)
     if num_classes is None:
         num_classes = spec_classes
@@ -116,7 +113,7 @@ def build_model(spec: dict | None, num_classes: int) -> nn.Module:
     - ``input_norm``: as for ``deeplabv2`` (default ``imagenet``, DAFormer's).
     """
     resolved = resolve_spec(spec, num_classes)
-    model = ARCHS[resolved["arch"]].build(resolved, num_classes)
+    model = ARCHS.get(resolved["arch"]).build(resolved, num_classes)
     model.spec = resolved
     return model
 

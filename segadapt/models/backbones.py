@@ -20,6 +20,7 @@ from torch import nn
 
 from segadapt.errors import DataError, UsageError
 from segadapt.models import efficientnet
+from segadapt.registry import Registry
 
 # torchvision (as long to import as torch itself) is imported only where a torchvision ResNet is built
 # or its weights looked up, so the tiny backbone and every --help do not pay for it
@@ -182,14 +183,14 @@ def _basic_stage(cin: int, cout: int, n: int, stride: int, dilation: int) -> nn.
     return stage
 
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    "resnet18": lambda **_: build_resnet("resnet18"),
-    "resnet50": lambda **_: build_resnet("resnet50"),
-    "resnet101": lambda **_: build_resnet("resnet101"),
-    "tiny": lambda width=16, **_: TinyBackbone(width=width),
-    "resnet101_caffe": lambda **_: _caffe_resnet().CaffeResNet101(),
-    "efficientnet_lite0": lambda **_: efficientnet.build_backbone("efficientnet_lite0"),  # timm, own weights loader
-}
+#: the backbones of ``model.backbone`` (deeplabv2), name -> randomly initialised network
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
+BACKBONES.register("resnet18")(lambda **_: build_resnet("resnet18"))
+BACKBONES.register("resnet50")(lambda **_: build_resnet("resnet50"))
+BACKBONES.register("resnet101")(lambda **_: build_resnet("resnet101"))
+BACKBONES.register("tiny")(lambda width=16, **_: TinyBackbone(width=width))
+BACKBONES.register("resnet101_caffe")(lambda **_: _caffe_resnet().CaffeResNet101())
+BACKBONES.register("efficientnet_lite0")(lambda **_: efficientnet.build_backbone("efficientnet_lite0"))  # own loader
 
 
 def _caffe_resnet():
@@ -200,15 +201,14 @@ def _caffe_resnet():
 
 def build_backbone(name: str, pretrained: str | None = None, width: int | None = None) -> nn.Module:
     """Backbone ``name`` with optional weights (see :func:`load_pretrained`)."""
-    if name not in BACKBONES:
-        raise UsageError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    make = BACKBONES.get(name)
     if name == "tiny":
         if pretrained is not None:
             raise UsageError("backbone 'tiny' has no pretrained weights; set pretrained: null")
-        return BACKBONES[name](width=16 if width is None else width)
+        return make(width=16 if width is None else width)
     if name in efficientnet.NAMES:  # timm network + the packaged ImageNet weights, own key map
         return efficientnet.build_backbone(name, pretrained)
-    backbone = BACKBONES[name]()
+    backbone = make()
     if pretrained is not None and name == "resnet101_caffe":
         _caffe_resnet().load_caffe_init(backbone, pretrained)
     elif pretrained is not None:

@@ -4,11 +4,36 @@ backbone/head parameter split, and optionally frozen backbone BatchNorm. An arch
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from segadapt.errors import UsageError
+from segadapt.registry import Registry, close_matches
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One architecture (``model.arch``): the spec keys it accepts, ``resolve_spec(spec)`` that checks them
+    and fills in its defaults, and ``build(resolved_spec, num_classes)``."""
+    keys: tuple[str, ...]
+    resolve_spec: Callable[[dict], dict]
+    build: Callable[[dict, int], nn.Module]
+
+
+ARCHS: Registry[Arch] = Registry("model arch")
+
+
+def register_arch(name: str, *, keys, resolve_spec: Callable[[dict], dict]):
+    """Decorator of an architecture module's ``build``: ``@register_arch("deeplabv2", keys=KEYS,
+    resolve_spec=resolve_spec)`` registers the architecture as ``name``."""
+    def add(build):
+        ARCHS.register(name)(Arch(tuple(keys), resolve_spec, build))
+        return build
+    return add
 
 
 def is_pos_int(v) -> bool:
@@ -31,11 +56,14 @@ BACKBONE_INPUT_NORMS = {"resnet101_caffe": "caffe", "efficientnet_lite0": "lite"
 
 
 def spec_choice(spec: dict, key: str, default: str, choices, arch: str | None = None) -> str:
-    """``spec[key]`` (``default`` when absent), which must be one of ``choices`` (one-line UsageError)."""
+    """``spec[key]`` (``default`` when absent), which must be one of ``choices`` (names, or a Registry):
+    a one-line UsageError with the close matches otherwise."""
     value = spec.get(key, default)
-    if value not in choices:
+    names = choices.names() if isinstance(choices, Registry) else list(choices)
+    if value not in names:
         where = f" for arch '{arch}'" if arch else ""
-        raise UsageError(f"unknown {key} {value!r}{where}; choose one of {', '.join(choices)}")
+        raise UsageError(f"unknown {key} {value!r}{where}{close_matches(value, names)}; choose one of "
+                         f"{', '.join(names)}")
     return value
 
 

@@ -33,7 +33,7 @@ from torch import nn
 from segadapt.errors import UsageError
 from segadapt.models.backbones import BACKBONES, _looks_like_path, build_backbone
 from segadapt.models.base import (BACKBONE_INPUT_NORMS, SegmentationNet, check_conv_head_spec, check_input_norm,
-                                  is_pos_int, spec_choice)
+                                  is_pos_int, register_arch, spec_choice)
 
 # Per-backbone defaults: tiny runs on 16x32 maps and must stay small (the ASPP dominates its
 # parameter count), the ResNets use the papers' settings.
@@ -174,6 +174,7 @@ class DeepLabV2(SegmentationNet):
         return self.relu(self.aspp_bn(out))
 
 
+@register_arch("deeplabv2", keys=KEYS, resolve_spec=resolve_spec)
 def build(spec: dict, num_classes: int) -> DeepLabV2:
     """Build from a spec already resolved by :func:`resolve_spec`."""
     backbone = build_backbone(spec["backbone"], pretrained=spec["pretrained"], width=spec["width"])

@@ -21,7 +21,7 @@ from segadapt.errors import UsageError
 from segadapt.models.backbones import RESNETS, ResNetBackbone, _dilate_basic_layer, build_resnet, load_pretrained
 from segadapt.models import efficientnet
 from segadapt.models.base import (BACKBONE_INPUT_NORMS, SegmentationNet, check_conv_head_spec, check_input_norm,
-                                  spec_choice)
+                                  register_arch, spec_choice)
 
 KEYS = ("arch", "backbone", "output_stride", "aspp_rates", "feat_dim", "dropout", "pretrained", "freeze_bn",
         "input_norm")
@@ -113,6 +113,7 @@ class DeepLabV3Plus(SegmentationNet):
         return self.decoder(torch.cat([ctx, low], dim=1))
 
 
+@register_arch("deeplabv3plus", keys=KEYS, resolve_spec=resolve_spec)
 def build(spec: dict, num_classes: int) -> DeepLabV3Plus:
     """Build from a spec already resolved by :func:`resolve_spec`."""
     if spec["backbone"] in efficientnet.NAMES:  # low-level map: stride-4 stage 2 (24 ch)

@@ -30,7 +30,7 @@ from torch import nn
 
 from segadapt.errors import DataError, UsageError
 from segadapt.models.backbones import _looks_like_path, _read_state_file, _strip_prefixes, load_state_into
-from segadapt.models.base import SegmentationNet, check_input_norm, spec_choice
+from segadapt.models.base import SegmentationNet, check_input_norm, register_arch, spec_choice
 
 # Per-variant depths and widths as in the paper (Table 6) and NVlabs' code; all share heads
 # [1, 2, 5, 8], MLP ratio 4, spatial-reduction ratios [8, 4, 2, 1].
@@ -379,6 +379,7 @@ class SegFormer(SegmentationNet):
         return self.decode_head(self.backbone(x))
 
 
+@register_arch("segformer", keys=KEYS, resolve_spec=resolve_spec)
 def build(spec: dict, num_classes: int) -> SegFormer:
     """Build from a spec already resolved by :func:`resolve_spec`."""
     encoder = build_mit(spec["backbone"], drop_path=spec["drop_path"])

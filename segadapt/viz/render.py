@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from segadapt.data.io import read_image, read_label, write_png
+from segadapt.data.pseudo_labels import PseudoLabelFolder
 from segadapt.engine.inference import Protocol, infer, load_model
 from segadapt.errors import DataError, UsageError
 from segadapt.viz.panels import legend, make_panel, stack_panels
@@ -35,6 +36,7 @@ def render_panels(dataset, split: str, out: Path, n: int, ckpt=None, pred_dir=No
     ls = dataset.label_space
     out = Path(out)
     written, panels, present = [], [], set()
+    pl = PseudoLabelFolder(pseudo_labels) if pseudo_labels is not None else None
     for _id, img_path, lab_path in items:
         image = read_image(img_path)
         label = read_label(lab_path) if lab_path is not None else None
@@ -51,13 +53,12 @@ def render_panels(dataset, split: str, out: Path, n: int, ckpt=None, pred_dir=No
             c, p = prob.max(1)
             pred, conf = p[0].cpu().numpy().astype(np.uint8), c[0].cpu().numpy()
         elif pred_dir is not None or pseudo_labels is not None:
-            folder = Path(pred_dir) if pred_dir is not None else Path(pseudo_labels) / "labels"
-            f = folder / f"{_id}.png"
+            f = Path(pred_dir) / f"{_id}.png" if pl is None else pl.label_path(_id)
             if not f.exists():
                 raise DataError(f"no prediction {f}")
             pred = read_label(f)
-            if pseudo_labels is not None and (Path(pseudo_labels) / "confidence" / f"{_id}.png").exists():
-                conf = read_label(Path(pseudo_labels) / "confidence" / f"{_id}.png").astype(np.float32) / 65535.0
+            if pl is not None:
+                conf = pl.confidence(_id)
         for arr in (label, pred):
             if arr is not None:
                 present.update(int(v) for v in np.unique(arr) if v < ls.num_classes)
