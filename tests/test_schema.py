@@ -37,7 +37,7 @@ def _resolve(config, overrides=(), stage="warmup"):
 
 @pytest.mark.parametrize("stage,name", ALL_METHODS)
 def test_a_mistyped_key_in_every_method_section_is_named_with_its_close_match(tmp_path, stage, name):
-    cls = METHODS[stage][name].config_class
+    cls = STAGES[stage].get(name).config_class
     fields = [f.name for f in dataclasses.fields(cls)]
     key = _typo(fields[0]) if fields else "weight"
     config = _yaml(tmp_path, f"base: {C._locate('synthetic/base.yaml')}\nmethod: {name}\n{name}:\n  {key}: 1\n")
