@@ -4,6 +4,9 @@ the method interface's defaults (a method that overrides nothing but ``training_
 pipeline), and MethodState's checkpoint behaviour."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -21,7 +24,7 @@ from segadapt.engine.checkpoint import load_checkpoint, save_checkpoint
 from segadapt.engine.inference import Protocol
 from segadapt.errors import DataError, UsageError
 from segadapt.methods import SELF_TRAIN_METHODS, WARMUP_METHODS, method_class
-from segadapt.methods.base import Method, MethodState, register_method, seg_ce
+from segadapt.methods.base import Method, MethodState, register_method
 from segadapt.methods.diga import DigaSelfTrain
 from segadapt.models import ARCHS
 from segadapt.models.segmenter import build_segmenter
@@ -190,33 +193,45 @@ def test_arch_registry_holds_each_arch_once():
 
 # -- the method interface ------------------------------------------------------------------------------
 
-@register_method("self-train", "interface-example")
-class _PlainSelfTrain(Method):
-    """Overrides nothing but training_step: CE on source plus CE on every offline pseudo-label."""
+EXAMPLE = Path(__file__).parent / "example_method"  # one module, one config file: a whole new method
 
-    target_batches = "pseudo"
+# Runs the CLI as `segadapt ARGS` would with tests/example_method on the methods package's path, as if
+# pseudo_ce.py were a file of segadapt/methods/ (a subprocess: the test run's registries stay as shipped)
+_WITH_EXAMPLE = """
+import sys
+import segadapt.methods as M
+M.__path__.append(sys.argv[1])
+M.discover()
+from segadapt.cli.main import run
+sys.argv = ["segadapt", *sys.argv[2:]]
+run()
+"""
 
-    def training_step(self, batch, iteration):
-        xs, ys = batch["source"]["image"], batch["source"]["label"]
-        xt, yt = batch["target"]["image"], batch["target"]["label"]
-        s = self.student(torch.cat([xs, xt]))["logits"]
-        loss_src, loss_tgt = seg_ce(s[:xs.shape[0]], ys), seg_ce(s[xs.shape[0]:], yt)
-        return loss_src + loss_tgt, {"loss_src": loss_src.item(), "loss_tgt": loss_tgt.item()}
+
+def _with_example(*args):
+    return subprocess.run([sys.executable, "-c", _WITH_EXAMPLE, str(EXAMPLE), *args], capture_output=True,
+                          text=True, timeout=300)
 
 
-def test_a_method_without_hooks_runs_through_the_pipeline(tiny_bench, tmp_path):
-    """Its losses equal threshold self-training at threshold 0 (which keeps every pseudo-label), to the
-    last digit: the defaults (no folder use, no confidence, student only) change nothing."""
+def test_a_new_method_is_one_file_one_config(tiny_bench, tmp_path):
+    """tests/example_method/pseudo_ce.py (overriding nothing but training_step) with its config file
+    pseudo_ce.yaml runs through the CLI: its losses equal threshold self-training at threshold 0 (which
+    keeps every pseudo-label), to the last digit, so the interface's defaults (no folder use, no
+    confidence, student only) change nothing; and its typed section refuses a typo like any method's."""
     small = TINY_OVERRIDES + ["data.crop=[32,32]", "data.batch_size=1"]
     run_warmup(config="synthetic/source_only", source=tiny_bench / "source", target=None, out=tmp_path / "wu",
                iters=1, overrides=small)
     ds = PreparedDataset(tiny_bench / "target")
     PL.generate(tmp_path / "wu" / "last.pt", ds, "train", tmp_path / "pl", Protocol(scales=[1.0]), "student", CPU)
-    # the example's config file: the packaged self-training settings, its method and its (empty) section
-    (tmp_path / "example.yaml").write_text("base: synthetic/threshold\nmethod: interface-example\ninterface-example: {}\n")
     kw = dict(ckpt=tmp_path / "wu" / "last.pt", pseudo_labels=tmp_path / "pl", source=tiny_bench / "source",
               target=tiny_bench / "target", iters=2)
-    run_self_train(config=str(tmp_path / "example.yaml"), out=tmp_path / "plain", overrides=small, **kw)
+    args = ["self-train", "-c", str(EXAMPLE / "pseudo_ce.yaml"), "--ckpt", str(kw["ckpt"]), "--pseudo-labels",
+            str(kw["pseudo_labels"]), "--source", str(kw["source"]), "--target", str(kw["target"]), "--iters", "2",
+            *[a for o in small for a in ("--set", o)]]
+    typo = _with_example(*args, "--out", str(tmp_path / "typo"), "--set", "pseudo-ce.target_wieght=2")
+    assert typo.returncode == 2 and "did you mean: target_weight" in typo.stderr, typo.stderr
+    done = _with_example(*args, "--out", str(tmp_path / "plain"))
+    assert done.returncode == 0, done.stderr
     run_self_train(config="synthetic/threshold", out=tmp_path / "thr",
                    overrides=small + ["threshold.mode=fixed", "threshold.threshold=0.0"], **kw)
     logs = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
@@ -225,8 +240,9 @@ def test_a_method_without_hooks_runs_through_the_pipeline(tiny_bench, tmp_path):
     assert [r["loss"] for r in plain] == [r["loss"] for r in thr]
     assert [r["loss_tgt"] for r in plain] == [r["loss_tgt"] for r in thr]
     ckpt = load_checkpoint(tmp_path / "plain" / "last.pt")
-    assert (ckpt["method"], ckpt["stage"]) == ("interface-example", "self-train")
+    assert (ckpt["method"], ckpt["stage"]) == ("pseudo-ce", "self-train")
     assert ckpt["method_state"] == {} and ckpt["teacher"] is None and ckpt["modules"] == {}
+    assert ckpt["config"]["pseudo-ce"] == {"target_weight": 1.0}
 
 
 def test_diga_takes_its_prototypes_from_the_folder(tmp_path):

@@ -1,8 +1,21 @@
 """Methods, one module each; each registers its classes with ``@register_method(stage, name)``
-(``segadapt.methods.base``), and importing this package imports them all."""
+(``segadapt.methods.base``). Importing this package imports every module in it (``discover``), so a
+new method is one new file here: nothing else lists the methods."""
 
-from segadapt.methods import dacs, diga, oracle, plca, source_only, t2s, threshold  # noqa: F401  (they register)
+import importlib
+import pkgutil
+
 from segadapt.methods.base import SELF_TRAIN_METHODS, STAGES, WARMUP_METHODS, Method
+
+
+def discover() -> None:
+    """Import every module of this package's path (they register their methods on import)."""
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+discover()
 
 
 def method_class(stage: str, name: str) -> type[Method]:
@@ -11,4 +24,4 @@ def method_class(stage: str, name: str) -> type[Method]:
     return STAGES[stage].get(name)
 
 
-__all__ = ["SELF_TRAIN_METHODS", "STAGES", "WARMUP_METHODS", "method_class"]
+__all__ = ["SELF_TRAIN_METHODS", "STAGES", "WARMUP_METHODS", "discover", "method_class"]
