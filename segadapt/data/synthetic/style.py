@@ -9,8 +9,10 @@ haze, blur, sensor noise, vignetting, an ego-vehicle hood, a lower horizon and d
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from importlib import resources
 
 import numpy as np
+import yaml
 
 from segadapt.errors import UsageError
 
@@ -109,65 +111,19 @@ class DomainStyle:
         return replace(self, **{f.name: mix(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)})
 
 
-SOURCE_STYLE = DomainStyle(
-    sky_top=(55, 125, 235), sky_horizon=(175, 215, 250), cloud=(250, 250, 255), cloud_amount=0.25,
-    road=(100, 100, 106), marking=(240, 240, 230), sidewalk=(190, 175, 160), curb=(215, 215, 210),
-    terrain=(105, 195, 55),
-    vegetation=((45, 150, 30), (75, 170, 40), (30, 120, 35), (95, 160, 30)), trunk=(110, 75, 40),
-    facades=((215, 180, 130), (185, 85, 65), (160, 160, 165), (235, 225, 200), (120, 135, 165), (220, 150, 80)),
-    window=(70, 110, 160), wall=(200, 190, 160), fence=(150, 110, 60), pole=(125, 125, 130),
-    light_box=(45, 45, 35), sign_colors=((225, 25, 25), (25, 80, 215), (245, 245, 245), (250, 205, 0)),
-    cars=((210, 20, 20), (20, 60, 210), (245, 205, 20), (245, 245, 245), (30, 30, 30), (180, 180, 185),
-          (30, 150, 60), (245, 120, 20)),
-    trucks=((235, 235, 235), (210, 40, 30), (40, 80, 180), (240, 185, 30)),
-    buses=((235, 195, 30), (210, 40, 30), (40, 125, 210), (240, 240, 240)),
-    glass=(40, 60, 90),
-    clothes=((210, 30, 30), (30, 30, 170), (245, 245, 245), (30, 30, 30), (40, 160, 60), (245, 185, 20),
-             (140, 60, 170), (95, 60, 40)),
-    skin=((245, 205, 170), (205, 150, 110), (145, 95, 65), (95, 62, 42)),
-    bikes=((210, 30, 30), (30, 30, 30), (30, 90, 210), (225, 225, 225)),
-    hood=(40, 40, 45),
-    color_jitter=0.05, brightness_jitter=0.12,
-    sun_contrast=0.4, sun_shadow=0.45, p_sun_shadow=0.7, contact_shadow=0.55, fog_distance=600.0,
-    asphalt_noise=0.03, asphalt_patches=0.03, tile_size=1.0, tile_lines=0.18, grass_noise=0.06,
-    leaf_noise=0.08, leaf_blotch=0.12, facade_noise=0.02, paint_noise=0.01,
-    gain=(1.0, 1.0, 1.0), offset=(0.0, 0.0, 0.0), contrast=1.05, saturation=1.25, gamma=0.95,
-    global_jitter=0.03, vignette=0.0, light_gradient=0.0, blur_sigma=0.0, noise_sigma=0.0, hood_height=0.0,
-    horizon=(0.36, 0.46), camera_height=(2.0, 2.4), focal=(0.75, 0.9),
-    car_density=1.5, parked_density=2.5, person_density=1.5, cyclist_rate=0.5, tree_rate=0.35,
-    pole_rate=0.6, p_truck=0.2, p_bus=0.15, p_building_gap=0.25, building_height=(7.0, 30.0),
-    p_terrain_strip=0.35, p_barrier=0.3,
-)
+def _tuples(v):
+    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
 
-TARGET_STYLE = DomainStyle(
-    sky_top=(128, 148, 182), sky_horizon=(200, 206, 214), cloud=(172, 176, 186), cloud_amount=0.6,
-    road=(82, 80, 88), marking=(200, 200, 196), sidewalk=(150, 128, 135), curb=(160, 158, 160),
-    terrain=(125, 130, 80),
-    vegetation=((56, 92, 54), (70, 104, 70), (44, 78, 60), (86, 102, 58)), trunk=(72, 62, 55),
-    facades=((165, 152, 140), (125, 100, 92), (112, 112, 118), (185, 178, 166), (92, 98, 112), (150, 132, 112)),
-    window=(38, 42, 52), wall=(150, 145, 138), fence=(90, 95, 92), pole=(85, 90, 95),
-    light_box=(30, 32, 30), sign_colors=((175, 45, 45), (45, 75, 150), (215, 215, 210), (200, 175, 50)),
-    cars=((62, 62, 68), (30, 36, 62), (115, 35, 35), (205, 205, 210), (22, 22, 24), (150, 152, 158),
-          (52, 72, 58), (125, 112, 96)),
-    trucks=((190, 190, 192), (150, 60, 50), (60, 80, 120), (175, 150, 80)),
-    buses=((180, 165, 90), (150, 60, 55), (70, 110, 150), (210, 210, 208)),
-    glass=(25, 28, 34),
-    clothes=((120, 40, 45), (40, 45, 80), (190, 190, 185), (25, 25, 28), (55, 80, 60), (160, 130, 70),
-             (90, 60, 100), (80, 62, 50)),
-    skin=((225, 190, 165), (185, 140, 110), (130, 92, 70), (85, 60, 45)),
-    bikes=((140, 40, 40), (25, 25, 28), (45, 70, 130), (180, 180, 180)),
-    hood=(28, 30, 34),
-    color_jitter=0.07, brightness_jitter=0.15,
-    sun_contrast=0.08, sun_shadow=0.0, p_sun_shadow=0.1, contact_shadow=0.35, fog_distance=140.0,
-    asphalt_noise=0.08, asphalt_patches=0.12, tile_size=0.45, tile_lines=0.08, grass_noise=0.16,
-    leaf_noise=0.25, leaf_blotch=0.15, facade_noise=0.07, paint_noise=0.04,
-    gain=(0.84, 0.92, 1.08), offset=(12.0, 14.0, 22.0), contrast=0.8, saturation=0.7, gamma=1.2,
-    global_jitter=0.06, vignette=0.35, light_gradient=0.18, blur_sigma=0.7, noise_sigma=4.0, hood_height=0.07,
-    horizon=(0.42, 0.52), camera_height=(1.6, 2.0), focal=(0.8, 0.95),
-    car_density=1.8, parked_density=3.0, person_density=2.2, cyclist_rate=0.8, tree_rate=0.55,
-    pole_rate=0.8, p_truck=0.12, p_bus=0.1, p_building_gap=0.3, building_height=(8.0, 24.0),
-    p_terrain_strip=0.45, p_barrier=0.4,
-)
+
+def _load_styles() -> dict[str, DomainStyle]:
+    """The two styles, from styles.yaml beside this module (parameter data, not code)."""
+    data = yaml.safe_load(resources.files(__package__).joinpath("styles.yaml").read_text())
+    return {name: DomainStyle(**{k: _tuples(v) for k, v in values.items()}) for name, values in data.items()}
+
+
+_STYLES = _load_styles()
+SOURCE_STYLE = _STYLES["source"]
+TARGET_STYLE = _STYLES["target"]
 
 
 def domain_styles(shift: float = 1.0) -> tuple[DomainStyle, DomainStyle]:
