@@ -40,16 +40,29 @@ SOURCES = ("diga", "proda", "daformer")
 # -- DeepLab-v2 (DiGA, ProDA) ------------------------------------------------------------------------
 
 
-def _head_key(rest: str) -> str | None:
-    """A key inside ``Classifier_Module2`` -> its name in segadapt's ``proda`` head (under ``net.``)."""
-    if m := re.fullmatch(r"conv2d_list\.(\d+)\.([01])\.(weight|bias)", rest):
-        return f"head.branches.{m[1]}.{m[2]}.{m[3]}"
-    if m := re.fullmatch(r"bottleneck\.0\.se\.([02])\.(weight|bias)", rest):
-        return f"head.se.{'fc1' if m[1] == '0' else 'fc2'}.{m[2]}"
-    if m := re.fullmatch(r"bottleneck\.([12])\.(weight|bias)", rest):
-        return f"head.{'fuse' if m[1] == '1' else 'fuse_norm'}.{m[2]}"
-    if rest == "head.1.weight":
-        return "classifier.weight"
+# ProDA's ``Classifier_Module2`` (official names) <-> segadapt's ``proda`` head (under ``net.``), one row a
+# parameter family; both directions read this one table.
+_HEAD_NAMES = (("conv2d_list.{n}.{k}.{p}", "head.branches.{n}.{k}.{p}"),
+               ("bottleneck.0.se.0.{p}", "head.se.fc1.{p}"),
+               ("bottleneck.0.se.2.{p}", "head.se.fc2.{p}"),
+               ("bottleneck.1.{p}", "head.fuse.{p}"),
+               ("bottleneck.2.{p}", "head.fuse_norm.{p}"),
+               ("head.1.weight", "classifier.weight"))
+_HEAD_FIELDS = {"n": r"\d+", "k": "[01]", "p": "weight|bias"}
+
+
+def _template_regex(template: str) -> re.Pattern:
+    parts = re.split(r"\{(\w+)\}", template)  # literal, field, literal, field, ...
+    return re.compile("".join(re.escape(x) if i % 2 == 0 else f"(?P<{x}>{_HEAD_FIELDS[x]})"
+                              for i, x in enumerate(parts)))
+
+
+def _head_name(key: str, official_to_ours: bool) -> str | None:
+    """A head key in one naming -> the other naming, or None when no row of ``_HEAD_NAMES`` matches."""
+    for official, ours in _HEAD_NAMES:
+        src, dst = (official, ours) if official_to_ours else (ours, official)
+        if m := _template_regex(src).fullmatch(key):
+            return dst.format(**m.groupdict())
     return None
 
 
@@ -65,7 +78,7 @@ def _deeplab_key(key: str, source: str) -> str | None:
             return f"net.backbone.{new}{key[len(old):]}"
     if _RESNET_KEY.fullmatch(key):
         return f"net.backbone.{key}"
-    if key.startswith(head_prefix) and (mapped := _head_key(key[len(head_prefix):])):
+    if key.startswith(head_prefix) and (mapped := _head_name(key[len(head_prefix):], official_to_ours=True)):
         return f"net.{mapped}"
     if m := re.fullmatch(r"bn_pretrain\.(\w+)", key):  # the bn_clr BatchNorm after layer4
         return f"net.post_backbone_bn.{m[1]}"
@@ -167,15 +180,8 @@ def official_name(key: str, source: str) -> str:
         return key
     if key.startswith("post_backbone_bn."):
         return "bn_pretrain." + key[len("post_backbone_bn."):]
-    head = "final." if source == "diga" else "layer5."
-    if key == "classifier.weight":
-        return head + "head.1.weight"
-    if m := re.fullmatch(r"head\.branches\.(.+)", key):
-        return f"{head}conv2d_list.{m[1]}"
-    if m := re.fullmatch(r"head\.se\.fc([12])\.(.+)", key):
-        return f"{head}bottleneck.0.se.{0 if m[1] == '1' else 2}.{m[2]}"
-    if m := re.fullmatch(r"head\.(fuse|fuse_norm)\.(.+)", key):
-        return f"{head}bottleneck.{1 if m[1] == 'fuse' else 2}.{m[2]}"
+    if (official := _head_name(key, official_to_ours=False)) is not None:
+        return ("final." if source == "diga" else "layer5.") + official
     return key
 
 
