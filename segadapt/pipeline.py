@@ -3,6 +3,7 @@ checkpoints, data and pseudo-labels fit together, build the method, hand it to t
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from segadapt.engine.device import resolve_device
 from segadapt.engine.inference import load_model
 from segadapt.engine.runlog import check_log_config
 from segadapt.engine.trainer import Trainer, seed_everything, start_run
-from segadapt.errors import DataError, UsageError
+from segadapt.errors import DataError, SegadaptError, UsageError
 from segadapt.methods import STAGES, method_class
 from segadapt.models import model_signature, resolve_spec
 from segadapt.models.segmenter import build_segmenter
@@ -106,6 +107,25 @@ def validate_train_config(cfg: dict, stage: str) -> dict:
     return out
 
 
+def stored_config_upgrade(stage: str):
+    """For resuming: a run's stored config in today's terms, so that a run started by an older segadapt
+    (sizes as ``data.source_size``/``target_size`` [W, H], no defaults filled in, an ``eval:`` section
+    nothing read) resumes when its settings are the same; anything else is compared as it is."""
+    def upgrade(old: dict) -> dict:
+        cfg = copy.deepcopy({k: v for k, v in old.items() if k != "provenance"})
+        data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+        for side in ("source", "target"):
+            if f"{side}_size" in data:
+                wh = data.pop(f"{side}_size")
+                data[f"{side}_resize"] = None if wh is None else [wh[1], wh[0]]
+        cfg.pop("eval", None)
+        try:
+            return validate_train_config(cfg, stage)
+        except SegadaptError:
+            return old
+    return upgrade
+
+
 class SourceData:
     """The labelled source as training sees it: in the training label space (the target's when a
     ``data.source_label_map`` maps source classes onto target classes)."""
@@ -170,7 +190,7 @@ def run_warmup(*, config: str, source: Path, target: Path | None, out: Path, ove
                resume=False, force=False) -> dict:
     cfg = resolve_train_config(config, list(overrides), method, iters, "warmup")
     src, tgt = _open_pair(source, target, cfg)
-    resume_ckpt = start_run(out, cfg, resume, force)
+    resume_ckpt = start_run(out, cfg, resume, force, upgrade=stored_config_upgrade("warmup"))
     try:
         return _warmup(cfg, src, tgt, out, resume_ckpt)
     finally:
@@ -218,7 +238,7 @@ def run_self_train(*, config: str, ckpt: Path, pseudo_labels: Path, source: Path
     if manifest.get("checkpoint_sha256") != sha and not allow_other_checkpoint:
         raise DataError(f"pseudo-labels in {pseudo_labels} were made by another checkpoint ({manifest.get('checkpoint')}); "
                         "pass --allow-other-checkpoint if that is intended")
-    resume_ckpt = start_run(out, cfg, resume, force)
+    resume_ckpt = start_run(out, cfg, resume, force, upgrade=stored_config_upgrade("self-train"))
     try:
         return _self_train(cfg, src, tgt, out, resume_ckpt, device, init_model, init_ls, ckpt, sha, folder, tsplit)
     finally:

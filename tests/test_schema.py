@@ -198,3 +198,30 @@ def test_a_run_writes_its_complete_commented_config_and_resumes_from_it(tiny_ben
     run_warmup(iters=1, resume=True, **kw)  # the same config: accepted (the run is already finished)
     with pytest.raises(UsageError, match=r"differs in: train\.grad_accum\)"):  # a real change is refused
         run_warmup(iters=1, resume=True, **{**kw, "overrides": TINY_OVERRIDES + ["train.grad_accum=2"]})
+
+
+def test_a_run_stored_by_an_older_segadapt_resumes_when_its_settings_are_the_same(tmp_path):
+    """Before the typed configs, a checkpoint stored only the YAML's keys, sizes as data.target_size
+    [W, H] and an unread eval: section. Such a run resumes under the same settings; a real change is
+    still refused."""
+    import copy
+
+    from segadapt.engine.trainer import check_resume_config
+    from segadapt.pipeline import resolve_train_config, stored_config_upgrade
+
+    cfg = resolve_train_config("synthetic/diga_warmup", ["data.target_resize=[96,128]"], None, None, "warmup")
+    old = copy.deepcopy(cfg)
+    old["data"].pop("target_resize")
+    old["data"]["target_size"] = [128, 96]  # [W, H]
+    old["data"].pop("source_resize")
+    old["data"]["source_size"] = None
+    old["diga"].pop("ce_on_mixed")  # a default the old code filled in silently
+    old["eval"] = {"scales": [1.0], "flip": False}
+    old["provenance"] = {"segadapt_version": "0.0.1"}
+    with pytest.raises(UsageError, match="different configuration"):
+        check_resume_config({"config": old}, cfg, tmp_path)  # compared as stored: differs
+    check_resume_config({"config": old}, cfg, tmp_path, stored_config_upgrade("warmup"))
+    changed = copy.deepcopy(old)
+    changed["data"]["target_size"] = [128, 64]
+    with pytest.raises(UsageError, match=r"differs in: data\.target_resize"):
+        check_resume_config({"config": changed}, cfg, tmp_path, stored_config_upgrade("warmup"))

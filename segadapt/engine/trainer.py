@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -53,9 +54,11 @@ def prepare_run_dir(out: Path, resume: bool, force: bool) -> bool:
     return has_ckpt and resume
 
 
-def start_run(out: Path, cfg: dict, resume: bool, force: bool, stage: str | None = None) -> dict | None:
+def start_run(out: Path, cfg: dict, resume: bool, force: bool, stage: str | None = None,
+              upgrade: Callable[[dict], dict] | None = None) -> dict | None:
     """Lock and check the run folder on rank 0, then load the checkpoint to resume on every rank (None
-    when the run starts from iteration 0). ``stage``: the checkpoint's ``stage`` must be this one."""
+    when the run starts from iteration 0). ``stage``: the checkpoint's ``stage`` must be this one;
+    ``upgrade``: puts the checkpoint's stored config in today's terms before it is compared."""
     outcome = None
     if D.info().is_main:
         try:
@@ -72,7 +75,7 @@ def start_run(out: Path, cfg: dict, resume: bool, force: bool, stage: str | None
         ckpt = load_resume(out)
         if stage is not None and ckpt.get("stage") != stage:
             raise DataError(f"{out}/last.pt is not a {stage} checkpoint (stage {ckpt.get('stage')!r})")
-        check_resume_config(ckpt, cfg, out)
+        check_resume_config(ckpt, cfg, out, upgrade)
         log(f"resuming {out} at iteration {ckpt['iteration']}")
     elif resume:
         log(f"nothing to resume in {out}; starting from iteration 0")
@@ -336,8 +339,10 @@ class Trainer(StageTrainer):
         return lr, {"loss": loss.item(), **logs}, stopping
 
 
-def check_resume_config(ckpt: dict, cfg: dict, out: Path) -> None:
+def check_resume_config(ckpt: dict, cfg: dict, out: Path, upgrade: Callable[[dict], dict] | None = None) -> None:
     old = dict(ckpt.get("config", {}))
+    if upgrade is not None:  # a run started by an older segadapt resumes when its settings are the same
+        old = upgrade(old)
     # log settings change what is written beside the run, and compiling how fast it runs, not the run
     # itself: they may differ on resume
     free = ("train.compile", "train.compile_backend")
