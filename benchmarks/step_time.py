@@ -35,12 +35,14 @@ import sys
 import threading
 import time
 
+import numpy as np
 import torch
 
 from segadapt.engine.device import amp_dtype, autocast, compile_modules
 from segadapt.engine.optim import build_optimizer
 from segadapt.pipeline import resolve_train_config
-from segadapt.methods import METHODS
+from segadapt.data.pseudo_labels import CONF_BINS
+from segadapt.methods import STAGES
 from segadapt.models.segmenter import build_segmenter
 
 # (stage, method, packaged config whose method section is used)
@@ -151,6 +153,22 @@ class _Nothing:
         return False
 
 
+class _Folder:
+    """What a pseudo-label folder gives the methods (``Method.use_pseudo_labels``), made up: random class
+    prototypes and a flat confidence histogram (class-balanced thresholds from it)."""
+
+    root = "(made up for the benchmark)"
+
+    def __init__(self, prototypes: torch.Tensor, num_classes: int):
+        self._prototypes, self.num_classes = prototypes, num_classes
+
+    def prototypes(self):
+        return self._prototypes
+
+    def histogram(self):
+        return np.ones((self.num_classes, CONF_BINS), np.int64)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="deeplabv2")
@@ -180,7 +198,7 @@ def main() -> None:
         spec["head"] = args.head
     if args.backbone == "tiny":
         spec["feat_dim"] = 64
-    runs = [r for r in RUNS if r[1] in METHODS.get(r[0], {})]
+    runs = [r for r in RUNS if r[1] in STAGES[r[0]]]
     if args.methods:
         keep = set(args.methods.split(","))
         runs = [r for r in runs if f"{r[0]}:{r[1]}" in keep or r[1] in keep]
@@ -190,8 +208,8 @@ def main() -> None:
         cfg = resolve_train_config(config, [], None, None, stage)  # complete: every default filled in
         torch.manual_seed(0)
         student = build_segmenter(spec, c).to(device)
-        protos = torch.randn(c, student.spec.get("feat_dim", 256))
-        method = METHODS[stage][name](cfg[name], student, c, prototypes=protos.to(device))
+        method = STAGES[stage].get(name)(cfg[name], student, c)
+        method.use_pseudo_labels(_Folder(torch.randn(c, student.spec.get("feat_dim", 256)), c))
         for m in method.modules().values():
             m.to(device)
             if args.channels_last:
@@ -199,10 +217,6 @@ def main() -> None:
         # hooks after the method is built: an EMA teacher deep-copied from the student would copy them
         counter = _Counter([m for k, m in method.modules().items() if k in ("student", "teacher")])
         opt = build_optimizer(method.param_groups(), {**cfg["optim"], "lr": 1e-5})
-        if getattr(method, "thresholds", 0) is None:  # class-balanced thresholds come from a pseudo-label folder
-            from segadapt.methods.threshold import fixed_thresholds
-
-            method.thresholds = fixed_thresholds(c, 0.5).to(device)
         if args.compile:  # after the hooks: the compiled forward still calls them
             compile_modules([m for k, m in method.modules().items() if k in ("student", "teacher")], "force", device,
                             args.compile_backend)
