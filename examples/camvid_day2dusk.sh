@@ -22,7 +22,7 @@ S=(--set "seed=$SEED")
 P=$([ "${PRETRAINED:-0}" = 1 ] && echo _pretrained || true)
 SIZE=180x240  # HxW: the models run at half resolution; scores are at the labels' 480x360
 
-# labels stay at 480x360; training and inference resize on the fly (configs: data.*_size, --input-size)
+# labels stay at 480x360; training and inference resize on the fly (configs: data.*_resize, --input-size)
 $SEGADAPT prepare-data camvid --root "$CAMVID" --out "$DATA/day" --sequences 0006R0,0016E5 --splits train,val
 $SEGADAPT prepare-data camvid --root "$CAMVID" --out "$DATA/dusk" --sequences 0001TP --splits train
 
