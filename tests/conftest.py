@@ -35,3 +35,17 @@ def run_cli(*args, check=True, env=None):
 TINY_OVERRIDES = ["data.crop=[48,48]", "data.batch_size=2", "train.log_every=1", "train.ckpt_every=2",
                   "model.feat_dim=16"]
 TINY_SET = [a for o in TINY_OVERRIDES for a in ("--set", o)]  # the same, as CLI arguments
+
+
+def fixed_tiny_checkpoint(ds, folder: Path):
+    """A fixed random tiny DeepLab-v2 (seed 0, feat_dim 8) for ``ds``'s label space, in eval mode, saved
+    as ``folder/model.pt``: (model, checkpoint path)."""
+    from segadapt.engine.checkpoint import save_checkpoint
+    from segadapt.models.segmenter import build_segmenter
+
+    torch.manual_seed(0)
+    model = build_segmenter({"arch": "deeplabv2", "backbone": "tiny", "feat_dim": 8, "pretrained": None},
+                            ds.label_space.num_classes).eval()
+    save_checkpoint(folder / "model.pt", {"model": model.state_dict(), "model_spec": model.spec,
+                                          "label_space": ds.label_space.to_dict()})
+    return model, folder / "model.pt"

@@ -20,7 +20,7 @@ from segadapt.data.prepared import PreparedDataset
 from segadapt.data.pseudo_labels import (CONF_BINS, CONF_SCALE, FORMAT_VERSION, PseudoLabelFolder, bin_floor,
                                          confidence_bins, quantize_confidence, stored_confidence)
 from segadapt.engine import pseudo_label as PL
-from segadapt.engine.checkpoint import load_checkpoint, save_checkpoint
+from segadapt.engine.checkpoint import load_checkpoint
 from segadapt.engine.inference import Protocol
 from segadapt.errors import DataError, UsageError
 from segadapt.methods import SELF_TRAIN_METHODS, WARMUP_METHODS, method_class
@@ -31,7 +31,7 @@ from segadapt.models.segmenter import build_segmenter
 from segadapt.pipeline import run_self_train, run_warmup
 from segadapt.registry import Registry
 
-from conftest import TINY_OVERRIDES
+from conftest import fixed_tiny_checkpoint, TINY_OVERRIDES
 
 CPU = torch.device("cpu")
 
@@ -44,12 +44,8 @@ def made(tiny_bench, tmp_path_factory):
     whole target train split."""
     d = tmp_path_factory.mktemp("iface")
     ds = PreparedDataset(tiny_bench / "target")
-    torch.manual_seed(0)
-    model = build_segmenter({"arch": "deeplabv2", "backbone": "tiny", "feat_dim": 8, "pretrained": None},
-                            ds.label_space.num_classes).eval()
-    save_checkpoint(d / "model.pt", {"model": model.state_dict(), "model_spec": model.spec,
-                                     "label_space": ds.label_space.to_dict()})
-    PL.generate(d / "model.pt", ds, "train", d / "pl", Protocol(scales=[1.0]), "student", CPU)
+    model, ckpt = fixed_tiny_checkpoint(ds, d)
+    PL.generate(ckpt, ds, "train", d / "pl", Protocol(scales=[1.0]), "student", CPU)
     return model, ds, d / "pl"
 
 

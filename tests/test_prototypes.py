@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import fixed_tiny_checkpoint
 from segadapt.data.labelspace import IGNORE
 from segadapt.data.prepared import PreparedDataset
 from segadapt.data.pseudo_labels import PseudoLabelFolder
 from segadapt.engine import pseudo_label as PL
-from segadapt.engine.checkpoint import save_checkpoint
 from segadapt.engine.inference import Protocol
 from segadapt.errors import DataError
 from segadapt.methods.diga import DigaSelfTrain, update_prototypes
@@ -31,12 +31,8 @@ def two_image_folder(tiny_bench, tmp_path_factory):
     of the first two target images."""
     d = tmp_path_factory.mktemp("proto")
     ds = PreparedDataset(tiny_bench / "target")
-    torch.manual_seed(0)
-    model = build_segmenter({"arch": "deeplabv2", "backbone": "tiny", "feat_dim": 8, "pretrained": None},
-                            ds.label_space.num_classes).eval()
-    save_checkpoint(d / "model.pt", {"model": model.state_dict(), "model_spec": model.spec,
-                                     "label_space": ds.label_space.to_dict()})
-    PL.generate(d / "model.pt", ds, "train", d / "pl", Protocol(scales=[1.0, 0.5]), "student", CPU, limit=2)
+    model, ckpt = fixed_tiny_checkpoint(ds, d)
+    PL.generate(ckpt, ds, "train", d / "pl", Protocol(scales=[1.0, 0.5]), "student", CPU, limit=2)
     return model, ds, d
 
 
