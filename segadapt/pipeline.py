@@ -71,10 +71,7 @@ def settable_keys(stage: str) -> set:
     """Dotted keys ``--set`` may set even when the YAML omits them: every key of the typed sections."""
     from segadapt.engine.run_config import ENGINE_SECTIONS
 
-    out = {"seed", "method"}
-    for top, cls in {**ENGINE_SECTIONS, **_section_classes(stage)}.items():
-        out |= {top} | {f"{top}.{k}" for k in schema.known_keys(cls) + list(getattr(cls, "renamed", {}))}
-    return out
+    return schema.settable_keys({**ENGINE_SECTIONS, **_section_classes(stage)}) | {"method"}
 
 
 def validate_train_config(cfg: dict, stage: str) -> dict:

@@ -246,6 +246,17 @@ def known_keys(cls) -> list[str]:
     return out
 
 
+def settable_keys(sections: dict) -> set:
+    """The dotted keys ``--set`` may set even where the YAML omits them: ``seed`` and, for each
+    {top-level key: section class} of ``sections``, the key itself and every key of its class (old,
+    renamed spellings too, so that they get their own message)."""
+    out = {"seed"}
+    for top, cls in sections.items():
+        if isinstance(cls, type):
+            out |= {top} | {f"{top}.{k}" for k in known_keys(cls) + list(getattr(cls, "renamed", {}))}
+    return out
+
+
 def field_doc(cls, dotted: str) -> str | None:
     """The doc of a (dotted, relative) key of ``cls``, None when the key is not one of its fields."""
     head, _, rest = dotted.partition(".")

@@ -86,9 +86,7 @@ TRANSLATOR_SECTIONS = {"seed": "every random choice (initialisation, crops) deri
 
 
 def resolve_translator_config(config: str, overrides: list[str], iters: int | None) -> dict:
-    settable = {"seed"} | {f"{top}.{k}" for top, cls in TRANSLATOR_SECTIONS.items() if isinstance(cls, type)
-                           for k in schema.known_keys(cls) + list(getattr(cls, "renamed", {}))}
-    cfg = C.apply_overrides(C.load_config(config), list(overrides), settable=settable)
+    cfg = C.apply_overrides(C.load_config(config), list(overrides), settable=schema.settable_keys(TRANSLATOR_SECTIONS))
     if iters is not None:
         if iters <= 0:
             raise UsageError(f"--iters must be positive, got {iters}")
