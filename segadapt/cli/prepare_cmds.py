@@ -6,13 +6,12 @@ and accepts only its own options, and adding a converter needs no line here."""
 
 from __future__ import annotations
 
-import inspect
 import json
 from typing import Optional
 
 import typer
 
-from segadapt.cli.options import renamed
+from segadapt.cli.options import renamed, with_options
 from segadapt.data.prepare import CONVERTERS
 from segadapt.data.prepare.common import Converter
 
@@ -24,7 +23,7 @@ OLD_SPELLINGS = {"old_resize": ("--resize", "--image-size"), "old_size": ("--siz
 
 
 def _command(conv: Converter):
-    """A Typer command whose signature is the converter's options (Typer reads ``__signature__``)."""
+    """A Typer command whose parameters are the converter's options (``with_options``)."""
     def run(**values):
         for key in OLD_SPELLINGS:
             values.pop(key, None)
@@ -34,19 +33,11 @@ def _command(conv: Converter):
         typer.echo(json.dumps({"out": str(kwargs.get("out")), "kept": report.get("kept"),
                                "skipped": len(skipped) if isinstance(skipped, list) else skipped}))
 
-    params, annotations = [], {}
-    for o in conv.options:
-        # an optional option without a default is None when not given: Optional[...] tells Typer so
-        kind = Optional[o.type] if o.default is None else o.type
-        params.append(inspect.Parameter(o.param, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
-                                        default=typer.Option(o.default, o.flag, help=o.help)))
-        annotations[o.param] = kind
-    for key, (old, new) in OLD_SPELLINGS.items():
-        params.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
-                                        default=renamed(old, new)))
-        annotations[key] = Optional[str]
-    run.__signature__ = inspect.Signature(params)
-    run.__annotations__ = annotations
+    # an optional option without a default is None when not given: Optional[...] tells Typer so
+    group = {o.param: (Optional[o.type] if o.default is None else o.type, typer.Option(o.default, o.flag, help=o.help))
+             for o in conv.options}
+    group |= {key: (Optional[str], renamed(old, new)) for key, (old, new) in OLD_SPELLINGS.items()}
+    run = with_options(group)(run)
     run.__name__ = f"prepare_{conv.name}"
     run.__doc__ = conv.help
     return run
