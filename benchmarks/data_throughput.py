@@ -12,6 +12,10 @@ photo-like in size and decode cost. Then measures, per loader worker count:
   nothing else, one process, one thread;
 * the `prepare-data --image-size` alternative: decoding images already stored at the base size.
 
+Crops leave the loader as uint8 (image and label) and ``batch_to_device`` makes them float / int64 on
+the device, as the trainer does; what that conversion costs when the device is this CPU (CPU-only
+training) is printed apart, per image.
+
 images/s of each stream is timed after its first batch (worker start-up excluded, reported apart).
 
     python benchmarks/data_throughput.py [--n 16 --batches 12 --workers 0 1 2]
@@ -115,6 +119,21 @@ def stream_rate(ds, workers: int, batches: int, choose=None, stream: int = 0) ->
     return n / (time.perf_counter() - t1), t1 - t0, (time.process_time() - c1) / n
 
 
+def conversion_ms(ds) -> float:
+    """CPU ms per image of batch_to_device(batch, 'cpu') on one collated batch of ``ds``: the float /
+    int64 conversion a GPU does on the copied batch, here on this CPU (best of 5)."""
+    from segadapt.data.datasets import batch_to_device
+    from torch.utils.data import default_collate
+
+    batch = default_collate([ds[(i % len(ds), i)] for i in range(BATCH)])
+    best = float("inf")
+    for _ in range(5):
+        c0 = time.process_time()
+        batch_to_device(batch, "cpu")
+        best = min(best, time.process_time() - c0)
+    return 1000 * best / BATCH
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=16, help="frames per domain")
@@ -146,6 +165,7 @@ def main() -> None:
             for k, (ds, choose, _, _) in streams.items():
                 rates[k, w] = stream_rate(ds, w, a.batches, choose)
         floors2 = {k: floor_per_image(v[2], v[3]) for k, v in streams.items()}  # again, after: load drifts
+        convert = {k: conversion_ms(v[0]) for k, v in streams.items()}
         dec = {"source 1914x1052": decode_only([it[1] for it in src]),
                "source --image-size 720x1280": decode_only(sorted((root / "resized/src").glob("*.png"))),
                "target 2048x1024": decode_only([it[1] for it in tgt]),
@@ -166,6 +186,8 @@ def main() -> None:
     if 0 in a.workers:  # CPU time does not depend on how many other jobs share the cores
         print("CPU ms per image, workers=0 (stream / decode + resize floor): " + ", ".join(
             f"{k} {1000 * rates[k, 0][2]:.0f} / {1000 * min(floors[k][1], floors2[k][1]):.0f}" for k in streams))
+    print("uint8 -> float/int64 conversion (batch_to_device) on this CPU, ms/image (on a GPU it runs on the "
+          "device): " + ", ".join(f"{k} {v:.1f}" for k, v in convert.items()))
     print("image decode alone (read_image), ms/image: "
           + ", ".join(f"{k} {1000 * v:.1f}" for k, v in dec.items()))
 

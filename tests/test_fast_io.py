@@ -147,6 +147,35 @@ def test_to_tensor_values_of_flipped_crop():
     assert t.dtype == torch.float32 and t.is_contiguous() and np.array_equal(t.numpy(), want)
 
 
+def test_train_crops_leave_the_loader_as_uint8_and_become_the_models_input_on_the_device(tmp_path):
+    """Crops cross the loader as uint8; batch_to_device gives the float image to_tensor gives the same crop
+    and the int64 label, channels_last when asked, and leaves the other tensors alone."""
+    from torch.utils.data import default_collate
+    from segadapt.data.datasets import TrainCrops, batch_to_device, to_tensor
+
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    lab = rng.integers(0, 12, (50, 70), dtype=np.uint8)
+    lab[:5] = 255
+    cv2.imwrite(str(tmp_path / "i.png"), img[..., ::-1])
+    write_png(tmp_path / "l.png", lab, rgb=False)
+    ds = TrainCrops([("a", tmp_path / "i.png", tmp_path / "l.png")], crop=(30, 40), scale=(0.7, 1.4))
+    samples = [ds[(0, seed)] for seed in range(3)]
+    for s in samples:
+        assert s["image"].dtype == torch.uint8 and s["image"].shape == (3, 30, 40)
+        assert s["label"].dtype == torch.uint8 and s["label"].shape == (30, 40)
+    batch = default_collate(samples)
+    for channels_last in (False, True):
+        dev = batch_to_device(batch, "cpu", channels_last)
+        want = torch.stack([to_tensor(s["image"].permute(1, 2, 0).numpy()) for s in samples])
+        assert dev["image"].dtype == torch.float32 and torch.equal(dev["image"], want)
+        assert dev["image"].is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert dev["label"].dtype == torch.int64
+        assert torch.equal(dev["label"], torch.stack([s["label"].long() for s in samples]))
+        assert set(dev["label"].unique().tolist()) <= set(range(12)) | {255}
+        assert torch.equal(dev["index"], batch["index"])
+
+
 def test_unlabelled_crops_equal_crops_of_an_all_ignore_label_file(tmp_path):
     """Target images without labels skip resizing a constant map; the sample must be what an all-ignore
     label file gives (same rng draws, same image, label 255 everywhere, padding included)."""
@@ -162,4 +191,4 @@ def test_unlabelled_crops_equal_crops_of_an_all_ignore_label_file(tmp_path):
     for seed in range(8):  # scales below and above 1: padded and unpadded crops, flips both ways
         a, b = bare[(0, seed)], ref[(0, seed)]
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"]), seed
-        assert (a["label"] == 255).all() and a["label"].dtype == torch.int64
+        assert (a["label"] == 255).all() and a["label"].dtype == torch.uint8

@@ -17,7 +17,7 @@ import torch
 
 from segadapt.config import dump_config, provenance
 from segadapt.console import log
-from segadapt.data.datasets import TrainCrops
+from segadapt.data.datasets import TrainCrops, batch_to_device
 from segadapt.data.io import write_text
 from segadapt.data.sampling import RareClassSampling, make_stream, sample_seed
 from segadapt.engine.checkpoint import (RunLock, copy_checkpoint, load_checkpoint, rng_state, save_checkpoint,
@@ -93,17 +93,6 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def _to_device(batch: dict, device, channels_last: bool) -> dict:
-    out = {}
-    for k, v in batch.items():
-        if isinstance(v, torch.Tensor):
-            v = v.to(device, non_blocking=True)
-            if channels_last and v.dim() == 4:
-                v = v.contiguous(memory_format=torch.channels_last)
-        out[k] = v
-    return out
-
-
 class StageTrainer:
     """One training run of ``cfg['optim']['iters']`` iterations into ``out``, as every stage runs it: the
     resolved config written beside the run, a finished run left alone, deterministic batch streams
@@ -173,7 +162,7 @@ class StageTrainer:
         def step(it, stop):
             # every iteration's randomness (mixing, augmentation choices) derives from (seed, it)
             torch.manual_seed(sample_seed(self.seed, 99 + 1000 * self.dist.rank, it))
-            batch = {k: _to_device(next(s), self.device, self.channels_last) for k, s in streams.items()}
+            batch = {k: batch_to_device(next(s), self.device, self.channels_last) for k, s in streams.items()}
             return self.iteration(it, batch, stop)
 
         return run_iterations(step, start=self.start, iters=self.iters, out=self.out, save=self.save,
