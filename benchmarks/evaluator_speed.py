@@ -11,6 +11,12 @@ PNGs with the fastest decoder installed, one thread; and Pillow's, which citysca
 lower bound of its per-frame time even with its optional C extension (CSUPPORT), which its PyPI
 wheel does not ship.
 
+cityscapesScripts is timed twice: as pip installs it (pure Python: np.unique over an int32 code of
+every pixel), and with its C counting switched on the way its extension does it. The extension
+(addToConfusionMatrix, Cython over a C loop) adds 1 to confMatrix[gt, pred] for every pixel; here the
+same loop is compiled with the system C compiler (-O3) at start, loaded with ctypes and registered as
+that module, so evaluatePair takes its CSUPPORT branch unchanged. Skipped (said so) without a compiler.
+
     python benchmarks/evaluator_speed.py [--small 20 --large 60 --repeats 3]
 """
 
@@ -43,6 +49,55 @@ print(json.dumps(parity_data.cityscapesscripts_iou(root, ids)))
 """
 
 
+CS_C_SCRIPT = """
+import ctypes, json, sys, types
+from pathlib import Path
+import numpy as np
+sys.path.insert(0, {here!r})
+lib = ctypes.CDLL({so!r})
+lib.add_to_confusion_matrix.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
+                                        ctypes.c_uint]
+def cEvaluatePair(prediction, ground_truth, conf_matrix, eval_labels):
+    pred = np.ascontiguousarray(prediction, dtype=np.uint8)
+    gt = np.ascontiguousarray(ground_truth, dtype=np.uint8)
+    conf = np.ascontiguousarray(conf_matrix, dtype=np.uint64)
+    lib.add_to_confusion_matrix(pred.ctypes.data, gt.ctypes.data, pred.size, conf.ctypes.data, conf.shape[0])
+    return conf
+mod = types.ModuleType("cityscapesscripts.evaluation.addToConfusionMatrix")
+mod.cEvaluatePair = cEvaluatePair
+sys.modules[mod.__name__] = mod
+import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as cs
+assert cs.CSUPPORT, "the C counting was not picked up"
+import parity_data
+root = Path({root!r})
+ids = sorted(p.stem for p in (root / "pred_labelids").glob("*.png"))
+print(json.dumps(parity_data.cityscapesscripts_iou(root, ids)))
+"""
+
+# the per-pixel loop of cityscapesScripts' addToConfusionMatrix extension (our own code, same work)
+C_COUNT = r"""
+#include <stddef.h>
+void add_to_confusion_matrix(const unsigned char *pred, const unsigned char *gt, size_t n,
+                             unsigned long long *conf, unsigned int dim) {
+    for (size_t i = 0; i < n; ++i) conf[(size_t)dim * gt[i] + pred[i]] += 1u;
+}
+"""
+
+
+def build_c_counting(folder: Path) -> Path | None:
+    """The compiled counting loop (a shared library), or None without a working C compiler."""
+    src, so = folder / "count.c", folder / "count.so"
+    src.write_text(C_COUNT)
+    for cc in (os.environ.get("CC", "cc"), "gcc", "clang"):
+        try:
+            subprocess.run([cc, "-O3", "-shared", "-fPIC", "-o", str(so), str(src)], check=True,
+                           capture_output=True)
+            return so
+        except (OSError, subprocess.CalledProcessError):
+            continue
+    return None
+
+
 def _run(cmd) -> tuple[float, str]:
     env = {**os.environ, "SEGADAPT_QUIET": "1"}
     t0 = time.perf_counter()
@@ -57,6 +112,10 @@ def _ours(root: Path, cache: bool):
 
 def _theirs(root: Path):
     return [sys.executable, "-c", CS_SCRIPT.format(here=str(HERE), root=str(root))]
+
+
+def _theirs_c(root: Path, so: Path):
+    return [sys.executable, "-c", CS_C_SCRIPT.format(here=str(HERE), root=str(root), so=str(so))]
 
 
 def decode_floor(root: Path, pillow: bool = False) -> tuple[float, str]:
@@ -118,6 +177,11 @@ def main() -> None:
         sides = {"segadapt, label cache": lambda r: _ours(r, True),
                  "segadapt, --no-label-cache": lambda r: _ours(r, False),
                  "cityscapesScripts": _theirs}
+        so = build_c_counting(Path(tmp))
+        if so is not None:
+            sides["cityscapesScripts + C count"] = lambda r: _theirs_c(r, so)
+        else:
+            print("no C compiler: cityscapesScripts is timed without its C counting only", file=sys.stderr)
         times = {k: {n: [] for n in roots} for k in sides}
         outs = {}
         for rep in range(a.repeats):  # interleaved, so a burst of load hits every side alike
@@ -140,6 +204,10 @@ def main() -> None:
     theirs = json.loads(outs["cityscapesScripts", a.large])
     worst = max(abs(v / 100 - theirs[k]) for d in (ours, ours_nc) for k, v in d.items() if v is not None)
     same_undefined = all((v is None) == math.isnan(theirs[k]) for d in (ours, ours_nc) for k, v in d.items())
+    if ("cityscapesScripts + C count", a.large) in outs:  # the C branch must give the same IoUs
+        theirs_c = json.loads(outs["cityscapesScripts + C count", a.large])
+        worst = max(worst, max(abs(v - theirs_c[k]) for k, v in theirs.items() if not math.isnan(v)))
+        same_undefined = same_undefined and all(math.isnan(v) == math.isnan(theirs_c[k]) for k, v in theirs.items())
 
     cs = per_frame["cityscapesScripts"]
     print(f"{a.width}x{a.height} frames, marginal per frame = (min t[{a.large}] - min t[{a.small}]) / {frames} over "
@@ -152,8 +220,13 @@ def main() -> None:
 
         per_rep = statistics.median(c / o if o > 0 else math.inf
                                     for c, o in zip(diffs("cityscapesScripts"), diffs(k)))
-        ratio = ("" if k == "cityscapesScripts"
+        ratio = ("" if k.startswith("cityscapesScripts")
                  else f"  {cs / ms:5.1f}x cityscapesScripts (median per-repeat {per_rep:.1f}x)")
+        if k.startswith("segadapt") and "cityscapesScripts + C count" in per_frame:
+            per_rep_c = statistics.median(c / o if o > 0 else math.inf
+                                          for c, o in zip(diffs("cityscapesScripts + C count"), diffs(k)))
+            ratio += (f", {per_frame['cityscapesScripts + C count'] / ms:.1f}x with its C count "
+                      f"(median per-repeat {per_rep_c:.1f}x)")
         print(f"{k:28s}: {ms:7.2f} ms/frame{ratio}   [{medians[k]:.1f}; repeats: {raw}]")
     print(f"first run (builds the cache) : {(cold[a.large] - cold[a.small]) / frames * 1000:7.2f} ms/frame")
     print(f"decode floor, 2 PNGs/frame   : {floor_ms:7.2f} ms/frame ({decoder}, one thread)")

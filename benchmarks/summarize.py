@@ -27,6 +27,7 @@ LABELS = {
     "a_skd": "ablation: + SKD only (no CDMix)",
     "a_st_threshold": "ablation: + self-training, fixed threshold 0.9",
     "a_st_dps": "ablation: + self-training, DPS (paper)",
+    "a_st_none": "ablation: + self-training, keep every pseudo-label",
     "m_plca": "PLCA (warm-up from scratch)",
     "m_dacs": "DACS (from scratch)",
     "m_st_t2s": "T2S-DA (self-training from the DiGA warm-up)",
