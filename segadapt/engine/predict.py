@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from segadapt.console import log, progress
+from segadapt.data.datasets import unit_float
 from segadapt.data.io import read_image, read_json, read_label, write_json, write_png
 from segadapt.data.pseudo_labels import quantize_confidence
 from segadapt.engine.checkpoint import RunLock, file_sha256
@@ -439,8 +440,8 @@ def _run(model, ls, sources, out, manifest, protocol, device, amp, size, batch_s
         x = torch.from_numpy(np.stack([b.model_input for b in batch]))
         if device.type == "cuda":
             x = x.pin_memory()
-        # uint8 to the device, then the same float conversion as data.datasets.to_tensor
-        x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        # uint8 to the device, then the training batches' float conversion
+        x = unit_float(x.to(device, non_blocking=True).permute(0, 3, 1, 2))
         logits, _ = infer(model, x, protocol, c, amp=amp)
         hw = batch[0].image.shape[:2]
         if tuple(logits.shape[-2:]) != hw:  # at the image's resolution, as evaluate scores
