@@ -131,6 +131,15 @@ def apply_overrides(cfg: dict, overrides: list[str], settable=()) -> dict:
     return cfg
 
 
+def set_iters(cfg: dict, iters: int | None) -> dict:
+    """``cfg`` with optim.iters set from a stage's ``--iters`` (None: unchanged), after checking it."""
+    if iters is not None:
+        if iters <= 0:
+            raise UsageError(f"--iters must be positive, got {iters}")
+        cfg.setdefault("optim", {})["iters"] = iters
+    return cfg
+
+
 def get(cfg: dict, dotted: str, default=None):
     node = cfg
     for k in dotted.split("."):

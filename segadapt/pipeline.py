@@ -33,10 +33,7 @@ def resolve_train_config(config: str, overrides: list[str], method: str | None, 
     cfg = C.apply_overrides(raw, overrides, settable=settable_keys(stage))
     if method is not None:
         cfg["method"] = method
-    if iters is not None:
-        if iters <= 0:
-            raise UsageError(f"--iters must be positive, got {iters}")
-        cfg.setdefault("optim", {})["iters"] = iters
+    C.set_iters(cfg, iters)
     for key in ("seed", "method", "model", "data", "optim", "train"):
         C.require(cfg, key)
     method_class(stage, cfg["method"])  # an unknown method is named before its settings are checked

@@ -3,6 +3,7 @@ import pytest
 from segadapt import config as C
 from segadapt.errors import UsageError
 from segadapt.pipeline import resolve_train_config
+from segadapt.translation.train import resolve_translator_config
 
 
 def test_packaged_config_inherits_base_and_overrides():
@@ -12,6 +13,17 @@ def test_packaged_config_inherits_base_and_overrides():
     assert cfg["optim"]["name"] == "adamw"  # inherited from base.yaml
     assert cfg["diga"]["skd_weight"] == 0.5
     assert "synthetic/diga_warmup" in C.packaged_configs()
+
+
+def test_iters_flag_sets_optim_iters_and_refuses_non_positive():
+    cfg = resolve_train_config("synthetic/diga_warmup", [], None, 7, "warmup")
+    assert cfg["optim"]["iters"] == 7
+    assert resolve_translator_config("synthetic/translator", [], 9)["optim"]["iters"] == 9
+    for bad in (0, -3):
+        with pytest.raises(UsageError, match=f"--iters must be positive, got {bad}"):
+            resolve_train_config("synthetic/diga_warmup", [], None, bad, "warmup")
+        with pytest.raises(UsageError, match="--iters must be positive"):
+            resolve_translator_config("synthetic/translator", [], bad)
 
 
 def test_set_overrides_parse_yaml_values():

@@ -87,10 +87,7 @@ TRANSLATOR_SECTIONS = {"seed": "every random choice (initialisation, crops) deri
 
 def resolve_translator_config(config: str, overrides: list[str], iters: int | None) -> dict:
     cfg = C.apply_overrides(C.load_config(config), list(overrides), settable=schema.settable_keys(TRANSLATOR_SECTIONS))
-    if iters is not None:
-        if iters <= 0:
-            raise UsageError(f"--iters must be positive, got {iters}")
-        cfg.setdefault("optim", {})["iters"] = iters
+    C.set_iters(cfg, iters)
     for key in ("seed", "data", "generator", "discriminator", "loss", "optim", "train"):
         C.require(cfg, key)
     cfg = check_translator_config(cfg)
