@@ -110,7 +110,7 @@ def test_generator_and_discriminator_shapes():
     assert [tuple(o.shape) for o in outs] == [(1, 1, 6, 6), (1, 1, 2, 2)]
     with pytest.raises(UsageError, match="output"):
         Generator(output="relu")
-    with pytest.raises(UsageError, match="unknown translator generator setting"):
+    with pytest.raises(UsageError, match="unknown generator setting .blocks."):
         build_generator({"ngf": 4, "blocks": 2})
 
 
@@ -145,7 +145,9 @@ def test_training_steps_on_a_fixed_batch_lower_the_cycle_loss():
 def test_bad_translator_settings_are_one_line_usage_errors(tiny_bench, tmp_path):
     for extra, match in [(["loss.edge_mode=canny"], "edge_mode"), (["optim.betas=[0.5]"], "betas"),
                          (["loss.cycle_weight=-1"], "cycle_weight"),
-                         (["data.crop=[32,32]", "discriminator.scales=2"], "too small")]:
+                         (["data.crop=[32,32]", "discriminator.scales=2"], "too small"),
+                         (["generator.ngf=0"], "generator.ngf must be in"), (["generator.output=relu"], "generator.output"),
+                         (["discriminator.scales=two"], "discriminator.scales accepts")]:
         with pytest.raises(UsageError, match=match):
             _run(tiny_bench, tmp_path / "bad", 1, extra=extra)
     assert not (tmp_path / "bad").exists()  # refused before the run folder is touched

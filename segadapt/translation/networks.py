@@ -17,15 +17,37 @@ Discriminator: ``scales`` 70x70 PatchGANs (C64-C128-C256-C512, 4x4 convs, LeakyR
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from segadapt import schema
 from segadapt.errors import UsageError
+from segadapt.schema import setting
 
-#: generator settings and their defaults (the paper-scale CycleGAN generator)
-GENERATOR_DEFAULTS = {"ngf": 64, "n_res": 9, "output": "sigmoid", "upsample": "resize", "residual": False}
-DISCRIMINATOR_DEFAULTS = {"ndf": 64, "layers": 3, "scales": 3}
+GENERATOR_OUTPUTS = ("sigmoid", "tanh")
+UPSAMPLE_MODES = ("resize", "deconv")
+
+
+# the config sections `generator` and `discriminator`; defaults are the paper-scale CycleGAN networks
+@dataclass
+class GeneratorConfig:
+    ngf: int = setting(64, "channels of the first layer (CycleGAN: 64); x2 and x4 after the downsamplings", lo=1)
+    n_res: int = setting(9, "residual blocks at 1/4 resolution (CycleGAN: 9)", lo=0)
+    output: str = setting("sigmoid", "how the last conv maps to RGB in [0, 1]: sigmoid or (tanh + 1) / 2",
+                          choices=GENERATOR_OUTPUTS)
+    upsample: str = setting("resize", "resize (nearest x2 + conv) or deconv (CycleGAN's transposed conv)",
+                            choices=UPSAMPLE_MODES)
+    residual: bool = setting(False, "ours: G(x) = sigmoid(logit(x) + net([features, x])), starts as the identity")
+
+
+@dataclass
+class DiscriminatorConfig:
+    ndf: int = setting(64, "channels of the first layer (CycleGAN: 64)", lo=1)
+    layers: int = setting(3, "strided layers of each PatchGAN; 3 = 70x70 receptive field (CycleGAN)", lo=1)
+    scales: int = setting(3, "PatchGANs on the image and its 2x, 4x ... average-pooled copies (DiGA: 3)", lo=1)
 
 
 def _conv_in_relu(cin: int, cout: int, k: int, stride: int = 1) -> list[nn.Module]:
@@ -70,9 +92,9 @@ class Generator(nn.Module):
     def __init__(self, ngf: int = 64, n_res: int = 9, output: str = "sigmoid", upsample: str = "resize",
                  residual: bool = False):
         super().__init__()
-        if output not in ("sigmoid", "tanh"):
+        if output not in GENERATOR_OUTPUTS:
             raise UsageError(f"translator generator output must be sigmoid or tanh, got '{output}'")
-        if upsample not in ("resize", "deconv"):
+        if upsample not in UPSAMPLE_MODES:
             raise UsageError(f"translator generator upsample must be resize or deconv, got '{upsample}'")
         if int(ngf) < 1 or int(n_res) < 0:
             raise UsageError(f"translator generator needs ngf >= 1 and n_res >= 0, got {ngf}, {n_res}")
@@ -145,17 +167,10 @@ class MultiScaleDiscriminator(nn.Module):
         return outs
 
 
-def _section(cfg: dict | None, defaults: dict, name: str) -> dict:
-    cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - set(defaults))
-    if unknown:
-        raise UsageError(f"unknown translator {name} setting(s): {', '.join(unknown)} (known: {', '.join(defaults)})")
-    return {**defaults, **cfg}
+def build_generator(spec: dict | GeneratorConfig | None) -> Generator:
+    """The generator of a config section or a checkpoint's ``generator_spec`` (checked as the section)."""
+    return Generator(**schema.to_dict(schema.as_config(GeneratorConfig, spec, "generator")))
 
 
-def build_generator(spec: dict | None) -> Generator:
-    return Generator(**_section(spec, GENERATOR_DEFAULTS, "generator"))
-
-
-def build_discriminator(spec: dict | None) -> MultiScaleDiscriminator:
-    return MultiScaleDiscriminator(**_section(spec, DISCRIMINATOR_DEFAULTS, "discriminator"))
+def build_discriminator(spec: dict | DiscriminatorConfig | None) -> MultiScaleDiscriminator:
+    return MultiScaleDiscriminator(**schema.to_dict(schema.as_config(DiscriminatorConfig, spec, "discriminator")))

@@ -36,7 +36,8 @@ from segadapt.errors import DataError, UsageError
 from segadapt.schema import setting
 from segadapt.translation.losses import (EDGE_MODES, cycle_loss, discriminator_loss, lsgan_loss,
                                          semantic_edge_loss)
-from segadapt.translation.networks import DISCRIMINATOR_DEFAULTS, build_discriminator, build_generator
+from segadapt.translation.networks import (DiscriminatorConfig, GeneratorConfig, build_discriminator,
+                                           build_generator)
 
 STAGE = "translator"  # the checkpoint's "stage": what DiGA checks before loading a generator
 
@@ -77,11 +78,11 @@ class TranslatorTrainConfig:
     device: str = setting("auto", "auto = cuda when available, else cpu")
 
 
-#: {top-level key: section dataclass or doc} of a translator config; generator / discriminator are
-#: checked by their builders (translation/networks.py), as the model section by its architecture
+#: {top-level key: section dataclass or doc} of a translator config; generator: G: S->T and F: T->S,
+#: discriminator: D_T and D_S (multi-scale PatchGANs), both defined beside the networks
 TRANSLATOR_SECTIONS = {"seed": "every random choice (initialisation, crops) derives from it",
-                       "data": TranslatorDataConfig, "generator": "the architecture of G: S->T and F: T->S",
-                       "discriminator": "D_T and D_S (multi-scale PatchGANs)", "loss": TranslatorLossConfig,
+                       "data": TranslatorDataConfig, "generator": GeneratorConfig,
+                       "discriminator": DiscriminatorConfig, "loss": TranslatorLossConfig,
                        "optim": TranslatorOptimConfig, "train": TranslatorTrainConfig, "log": LogConfig}
 
 
@@ -103,11 +104,7 @@ def check_translator_config(cfg: dict) -> dict:
            for k, cls in TRANSLATOR_SECTIONS.items() if k in cfg or isinstance(cls, type)}
     # the coarsest PatchGAN sees the crop pooled (scales - 1) times by 2; after its `layers` stride-2 convs
     # it needs 3 pixels left (else instance norm meets a 1x1 map)
-    disc = {**DISCRIMINATOR_DEFAULTS, **(cfg.get("discriminator") or {})}
-    layers, scales = disc["layers"], disc["scales"]
-    for key, v in (("layers", layers), ("scales", scales)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise UsageError(f"discriminator.{key} accepts integers in [1, inf), got {v!r}")
+    layers, scales = out["discriminator"]["layers"], out["discriminator"]["scales"]
     crop = out["data"]["crop"]
     need = 3 * 2 ** layers * 2 ** (scales - 1)
     if min(crop) < need:
