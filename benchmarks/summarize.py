@@ -36,6 +36,16 @@ LABELS = {
 }
 
 
+def run_seed(run: Path, index: int) -> str:
+    """The seed a run folder was trained with (its warm-up's config.yaml), else '#index' (its position)."""
+    config = run / "warmup" / "config.yaml"
+    if config.exists():
+        for line in config.read_text().splitlines():
+            if line.startswith("seed:"):
+                return line.split(":", 1)[1].split("#")[0].strip()
+    return f"#{index}"
+
+
 def main(argv: list[str]) -> int:
     as_json, markdown = "--json" in argv, "--markdown" in argv
     runs = [Path(a) for a in argv if a not in ("--json", "--markdown")]
@@ -65,7 +75,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps(table, indent=2))
         return 0
     if markdown:
-        print("| row | mIoU (mean) | spread (std) | " + " / ".join(f"seed {i}" for i in range(len(runs)))
+        print("| row | mIoU (mean) | spread (std) | " + " / ".join(f"seed {run_seed(r, i)}" for i, r in enumerate(runs))
               + " | gap closed |")
         print("|---|---|---|---|---|")
         for stage, row in table.items():
