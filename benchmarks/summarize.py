@@ -15,6 +15,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import yaml
+
 STAGES = ["source_only", "warmup", "self_train_1", "self_train_2", "oracle"]
 # README names of the rows that examples/, ablation.sh and methods.sh write
 LABELS = {
@@ -39,11 +41,8 @@ LABELS = {
 def run_seed(run: Path, index: int) -> str:
     """The seed a run folder was trained with (its warm-up's config.yaml), else '#index' (its position)."""
     config = run / "warmup" / "config.yaml"
-    if config.exists():
-        for line in config.read_text().splitlines():
-            if line.startswith("seed:"):
-                return line.split(":", 1)[1].split("#")[0].strip()
-    return f"#{index}"
+    seed = (yaml.safe_load(config.read_text()) or {}).get("seed") if config.exists() else None
+    return f"#{index}" if seed is None else str(seed)
 
 
 def main(argv: list[str]) -> int:
