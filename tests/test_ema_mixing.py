@@ -277,3 +277,29 @@ def test_fda_windows_against_a_numpy_fft(h, w):
     ref_c = np.clip(_numpy_fda(src, trg, 0.15, "centre"), 0, 1)  # the demo clips when writing the image
     assert np.allclose(fda(src, trg, 0.15).numpy(), ref_c, atol=1e-5)
     assert not np.allclose(ref, _numpy_fda(src, trg, 0.15, "centre"), atol=1e-3)  # the windows differ
+
+
+def test_cdmix_without_a_translator_mixes_the_photometric_view_with_the_clean_source():
+    from segadapt.data.mixing import mix, photometric
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 16, 16)
+    y = torch.zeros(2, 16, 16, dtype=torch.long)
+    y[:, :, 8:] = 1
+    y[:, :4] = 2
+    m = DigaWarmup({"translator": "none", "photometric_blend": 1.0}, _tiny(), 3)
+    torch.manual_seed(1)
+    x_aug, x_cd = m._views(x, y, None)
+    torch.manual_seed(1)  # the same draws, by hand: x_cd = M * x_aug + (1 - M) * x
+    aug = photometric(x, blend=1.0)
+    mask = class_mix_mask(y, None, rule="diga")
+    assert torch.equal(x_aug, aug)
+    assert torch.allclose(x_cd, mix(mask, aug, x), atol=0)
+    # one class of each image comes from the augmented view, the rest is the clean source untouched
+    assert 0 < mask.mean() < 1 and not torch.equal(x_cd, x_aug)
+    assert torch.equal(x_cd[mask.expand_as(x) == 0], x[mask.expand_as(x) == 0])
+    off = DigaWarmup({"translator": "none", "cdmix": False}, _tiny(), 3)
+    a, cd = off._views(x, y, None)
+    assert cd is a  # cdmix false: the photometric view only
+    with pytest.raises(UsageError, match="fda needs target images"):
+        DigaWarmup({}, _tiny(), 3)._views(x, y, None)

@@ -34,8 +34,8 @@ from segadapt.schema import setting
 class _DigaCommonConfig:
     skd_reverse_weight: float = setting(0.5, "w: weight of H(T(x_cd) -> S(x)) inside L_SKD", lo=0)
     cdmix: bool = setting(True, "cross-domain mixture view x_cd; false = the photometric view only")
-    translator: str = setting("fda", "source -> target restyling for CDMix: fda (training-free), none, or a "
-                              "train-translator checkpoint path")
+    translator: str = setting("fda", "source -> target restyling for CDMix: fda (training-free), none (x_aug "
+                              "mixed with the clean source), or a train-translator checkpoint path")
     fda_beta: float = setting(0.01, "FDA window, a fraction of min(H, W)", lo=0)
     fda_window: str = setting("centre", "centre: (2b+1)^2 square of the spectrum, clamped to [0, 1]; corner: FDA's "
                               "training code (4 b x b blocks, unclamped)", choices=FDA_WINDOWS)
@@ -174,15 +174,18 @@ class _WithTeacher(Method):
         return self.mean_teacher.forward(self.teacher, *groups)
 
     def _views(self, x, y, target_images):
-        """x_aug and x_cd of a source batch (x_cd = x_aug when CDMix is switched off)."""
+        """x_aug and x_cd of a source batch (x_cd = x_aug when CDMix is switched off). translator none
+        keeps the mixture with translate = identity, x_cd = M * x_aug + (1 - M) * x, so that CDMix's mixing
+        can be measured apart from its restyling (it used to fall back to x_cd = x_aug, i.e. cdmix=false)."""
         x_aug = photometric(x, blend=self.cfg.photometric_blend)
+        if not self.cfg.cdmix:
+            return x_aug, x_aug
+        if self.cfg.translator == "fda" and target_images is None:
+            raise UsageError("diga: translator fda needs target images in the batch (--target)")
         net = self.translator_net
-        if self.cfg.cdmix and (target_images is not None or net is not None):
-            if net is not None:
-                net.to(x.device)  # once: the student's device (no-op afterwards)
-            x_cd, _ = cdmix(x, x_aug, y, translate(x, target_images, self.cfg, net=net))
-        else:
-            x_cd = x_aug
+        if net is not None:
+            net.to(x.device)  # once: the student's device (no-op afterwards)
+        x_cd, _ = cdmix(x, x_aug, y, translate(x, target_images, self.cfg, net=net))
         return x_aug, x_cd
 
 
