@@ -76,6 +76,8 @@ def translate(x: torch.Tensor, target_images: torch.Tensor, cfg, generator=None,
     with ``translator``, ``fda_beta`` and ``fda_window``."""
     kind = cfg.translator
     if kind == "fda":
+        if target_images is None:
+            raise UsageError("translator fda needs target images in the batch (--target)")
         pick = torch.randint(0, target_images.shape[0], (x.shape[0],), generator=generator)
         return fda(x, target_images[pick.to(target_images.device)], cfg.fda_beta, cfg.fda_window)
     if kind == "none":
@@ -176,12 +178,10 @@ class _WithTeacher(Method):
     def _views(self, x, y, target_images):
         """x_aug and x_cd of a source batch (x_cd = x_aug when CDMix is switched off). translator none
         keeps the mixture with translate = identity, x_cd = M * x_aug + (1 - M) * x, so that CDMix's mixing
-        can be measured apart from its restyling (it used to fall back to x_cd = x_aug, i.e. cdmix=false)."""
+        can be measured apart from its restyling."""
         x_aug = photometric(x, blend=self.cfg.photometric_blend)
         if not self.cfg.cdmix:
             return x_aug, x_aug
-        if self.cfg.translator == "fda" and target_images is None:
-            raise UsageError("diga: translator fda needs target images in the batch (--target)")
         net = self.translator_net
         if net is not None:
             net.to(x.device)  # once: the student's device (no-op afterwards)
